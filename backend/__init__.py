@@ -1,0 +1,77 @@
+"""Telemetry ingestion service: Flask app factory.
+
+Nothing happens at import time; `create_app()` builds the per-worker services (pool,
+sink, buffer, catalogue) and registers the blueprints. gunicorn calls
+`backend:create_app()` once in each worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import Any
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from .config import Config
+
+__all__ = ["create_app", "Config"]
+
+
+def create_app(config: Config | None = None, **overrides: Any) -> Flask:
+    from .api import config_routes, health, telemetry
+    from .api.responses import error_response
+    from .buffer import BatchBuffer
+    from .catalogue import FieldCatalogue
+    from .db import make_pool
+    from .services import Services
+    from .sinks.postgres import PostgresSink
+
+    cfg = config or Config.from_env()
+    if overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    database_url = cfg.database_url
+    if not database_url:
+        from .embedded_pg import start_embedded
+
+        database_url, _handle = start_embedded(cfg.data_dir, cleanup=None)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.config["TESTING"] = cfg.testing
+
+    pool = make_pool(database_url, cfg.db_pool_min, cfg.db_pool_max)
+    sink = PostgresSink(pool, store_raw=cfg.store_raw_payload)
+    buffer = BatchBuffer(
+        sink,
+        batch_size=cfg.batch_size,
+        flush_interval=cfg.flush_interval,
+        max_pending=cfg.buffer_max_readings,
+        max_retries=cfg.max_retries,
+        retry_base_delay=cfg.retry_base_delay,
+        retry_max_delay=cfg.retry_max_delay,
+    )
+    svc = Services(cfg, pool, buffer, FieldCatalogue(pool))
+    svc.extras["database_url"] = database_url
+    app.extensions["telemetry"] = svc
+
+    for module in (health, telemetry, config_routes):
+        app.register_blueprint(module.bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal error; the request was not stored")
+
+    buffer.start()
+    atexit.register(buffer.close, 10.0)
+    return app

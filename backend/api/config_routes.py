@@ -1,0 +1,29 @@
+"""`GET /config`: the field catalogue and the settings an operator may see."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from ..parsing import PARSER_VERSION, parser_names
+from ..services import services
+from .responses import json_response, now_iso
+
+bp = Blueprint("config", __name__)
+
+
+@bp.get("/config")
+def config() -> Response:
+    svc = services()
+    fields = svc.catalogue.describe()
+    cfg = svc.config
+    return json_response({
+        "telemetry_fields": {f["name"]: f["description"] or "" for f in fields},
+        "fields": fields,
+        "formats": parser_names(),
+        "parser_version": PARSER_VERSION,
+        "batch_size": cfg.batch_size,
+        "flush_interval": cfg.flush_interval,
+        "max_retries": cfg.max_retries,
+        "supabase_project_id": cfg.supabase_project_id or None,
+        "timestamp": now_iso(),
+    })

@@ -1,0 +1,102 @@
+"""Command line: `python -m backend <command>`.
+
+serve      start the embedded PostgreSQL if needed, migrate, then run gunicorn
+migrate    apply pending migrations (also done by serve)
+partitions create the monthly partitions ahead of time
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+log = logging.getLogger("backend.cli")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_database_url(cfg: Config, cleanup: str | None = "stop") -> tuple[str, Any]:
+    """DATABASE_URL, or the embedded server's URL (kept alive while the handle lives)."""
+    if cfg.database_url:
+        return cfg.database_url, None
+    from .embedded_pg import start_embedded
+
+    return start_embedded(cfg.data_dir, cleanup=cleanup)
+
+
+def prepare_database(cfg: Config | None = None) -> None:
+    import psycopg
+
+    from .migrations import migrate
+    from .partitions import ensure_partitions
+
+    cfg = cfg or Config.from_env()
+    # cleanup=None: this may run inside gunicorn's master, where the handle does not outlive us.
+    url, _handle = resolve_database_url(cfg, cleanup=None)
+    applied = migrate(url)
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        created = ensure_partitions(conn, cfg.partitions_ahead_months)
+    log.info("migrations applied: %s; partitions created: %d", applied or "none", created)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = Config.from_env()
+    url, handle = resolve_database_url(cfg)
+    env = dict(os.environ, DATABASE_URL=url)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *args.gunicorn_args]
+    log.info("starting gunicorn on %s:%s (database: %s)", cfg.host, cfg.port,
+             "embedded" if handle is not None else "DATABASE_URL")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrations import migrate
+
+    url, _handle = resolve_database_url(Config.from_env())
+    applied = migrate(url)
+    print("applied:", ", ".join(applied) if applied else "nothing (up to date)")
+    return 0
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from .partitions import ensure_partitions
+
+    cfg = Config.from_env()
+    url, _handle = resolve_database_url(cfg)
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        print("partitions created:", ensure_partitions(conn, args.months or cfg.partitions_ahead_months))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service under gunicorn")
+    serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_migrate)
+    parts = sub.add_parser("partitions", help="create monthly partitions ahead")
+    parts.add_argument("--months", type=int, default=0)
+    parts.set_defaults(func=cmd_partitions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

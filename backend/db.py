@@ -1,0 +1,21 @@
+"""Connection pool creation (psycopg 3 + psycopg_pool)."""
+
+from __future__ import annotations
+
+from psycopg_pool import ConnectionPool
+
+
+def make_pool(database_url: str, min_size: int = 1, max_size: int = 4, name: str = "telemetry") -> ConnectionPool:
+    # prepare_threshold=None: no server-side prepared statements, so the pool also works
+    # through PgBouncer / Supabase's transaction-mode pooler.
+    return ConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"prepare_threshold": None, "connect_timeout": 5, "autocommit": True},
+        name=name,
+        open=True,
+        reconnect_timeout=0,  # keep trying to reconnect for as long as it takes
+        check=ConnectionPool.check_connection,
+        timeout=10.0,
+    )

@@ -1,0 +1,188 @@
+"""From an HTTP request body to a durable acknowledgement.
+
+Shared by every ingest endpoint (`/telemetry/parse`, `/api/ingest`, `/api/telemetry`):
+decode (gzip, UTF-8), pick the parser, check the catalogue, hand the readings to the
+buffer and wait until they are durable. Failures of the client's making are 4xx with the
+reason; a database that cannot take the write in time is 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Request
+
+from .buffer import BatchBuffer, BufferFull
+from .catalogue import FieldCatalogue
+from .config import Config
+from .parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
+from .parsing.base import DEVICE_RE, Message
+from .sinks import Submission
+
+
+class IngestError(Exception):
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass
+class IngestOutcome:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def read_body(request: Request, cfg: Config) -> str:
+    length = request.content_length
+    if length is not None and length > cfg.max_body_bytes:
+        raise IngestError(413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte limit")
+    data = request.get_data(cache=False)
+    if len(data) > cfg.max_body_bytes:
+        raise IngestError(413, f"body is over the {cfg.max_body_bytes}-byte limit")
+    encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        data = _inflate(data, encoding, cfg.max_decompressed_bytes)
+    elif encoding not in ("", "identity"):
+        raise IngestError(415, f"Content-Encoding {encoding!r} is not supported (use gzip)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IngestError(400, f"body is not valid UTF-8 (byte {exc.start})") from exc
+
+
+def _inflate(data: bytes, encoding: str, cap: int) -> bytes:
+    wbits = 47 if encoding != "deflate" else 15  # 47: gzip or zlib header, auto-detected
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, cap + 1)
+    except zlib.error as exc:
+        raise IngestError(400, f"body is not valid {encoding}: {exc}") from exc
+    if len(out) > cap or inflater.unconsumed_tail:
+        raise IngestError(413, f"decompressed body is over the {cap}-byte limit")
+    return out
+
+
+def pick_parser(request: Request, default: str | None = None):
+    name = request.args.get("format") or default
+    if name:
+        parser = get_parser(name)
+        if parser is None:
+            raise IngestError(415, f"unknown format {name!r}")
+        return parser
+    ctype = request.headers.get("Content-Type", "")
+    parser = parser_for_content_type(ctype)
+    if parser is None:
+        raise IngestError(415, f"Content-Type {ctype!r} is not supported; use text/plain or application/json")
+    return parser
+
+
+def default_device(request: Request) -> str | None:
+    device = request.headers.get("X-Device-Id") or request.args.get("device_id")
+    if device is not None and not DEVICE_RE.match(device):
+        raise IngestError(400, f"device id {device[:40]!r} has characters outside [A-Za-z0-9_.:-]")
+    return device
+
+
+def ingest(
+    request: Request,
+    cfg: Config,
+    buffer: BatchBuffer,
+    catalogue: FieldCatalogue,
+    *,
+    store: bool = True,
+    fmt: str | None = None,
+    device_guard: Any = None,
+) -> IngestOutcome:
+    """Parse, validate and (when `store`) durably accept one request's readings."""
+    received = datetime.now(UTC)
+    body = read_body(request, cfg)
+    parser = pick_parser(request, fmt)
+    ctx = ParseContext(received_at=received, default_device_id=default_device(request),
+                       max_messages=cfg.max_lines_per_body)
+    result = parser.parse(body, ctx)
+    messages, type_errors = catalogue.check(result.messages)
+    errors: list[ParseError] = sorted(result.errors + type_errors, key=lambda e: e.position)
+    if device_guard is not None:
+        messages, denied = device_guard(messages)
+        if denied and not messages:
+            raise IngestError(403, denied)
+    request_id = uuid.uuid4()
+    readings = [r for m in messages for r in m.readings]
+    body_out: dict[str, Any] = {
+        "success": bool(readings),
+        "batch_id": str(request_id),
+        "format": parser.name,
+        "messages": len(messages),
+        "accepted": len(readings) if store else 0,
+        "parsed": len(readings),
+        "rejected_count": len(errors),
+        "rejected": [e.as_dict() for e in errors[:100]],
+        "stored": False,
+        "timestamp": received.isoformat().replace("+00:00", "Z"),
+    }
+    if len(messages) == 1:
+        body_out["parsed_data"] = _seed_parsed_data(messages[0], cfg)
+    if not store:
+        body_out["accepted"] = 0
+        return IngestOutcome(200 if readings else 400, body_out)
+    sub = Submission(
+        request_id=request_id,
+        readings=readings,
+        received_at=received,
+        raw_payload=body if cfg.store_raw_payload else None,
+        content_type=request.headers.get("Content-Type"),
+        device_id=readings[0].device_id if readings else ctx.default_device_id,
+        parser_version=PARSER_VERSION,
+        data_source=cfg.data_source,
+        rejected=errors,
+    )
+    try:
+        buffer.submit(sub)
+    except BufferFull as exc:
+        raise IngestError(503, f"ingest buffer is full ({exc}); retry later", retry_after=5) from exc
+    if not readings:
+        # Nothing valid: the rejected lines still go to quarantine with the next flush.
+        body_out["error"] = "no valid readings in body"
+        return IngestOutcome(400, body_out)
+    if not buffer.wait(sub, cfg.ack_timeout) or sub.outcome not in ("committed", "spooled"):
+        raise IngestError(503, f"storage did not confirm the write in {cfg.ack_timeout:g}s"
+                          f" ({sub.error or buffer.stats.last_error or 'busy'}); retry later",
+                          retry_after=int(max(1, min(30, buffer.retry_max_delay))))
+    body_out["stored"] = True
+    body_out["durability"] = sub.outcome
+    if sub.duplicates is not None:
+        body_out["duplicates"] = sub.duplicates
+    if sub.quarantined:
+        body_out["quarantined"] = sub.quarantined
+    body_out["batch_status"] = {
+        "pending_records": buffer.pending_rows,
+        "batch_size": buffer.batch_size,
+        "batch_full": buffer.pending_rows >= buffer.batch_size,
+    }
+    return IngestOutcome(207 if errors else 200, body_out)
+
+
+def _seed_parsed_data(msg: Message, cfg: Config) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for r in msg.readings:
+        data[r.metric] = r.value_text if r.value_text is not None else _num(r.value)
+    first = msg.readings[0]
+    data["device_id"] = first.device_id
+    data["ts"] = first.ts.isoformat()
+    data["raw_data"] = msg.raw
+    data["parser_version"] = PARSER_VERSION
+    data["data_source"] = cfg.data_source
+    return data
+
+
+def _num(v: float | None) -> float | int | None:
+    if v is not None and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v

@@ -1,0 +1,26 @@
+"""Input formats. Importing the package registers every format module in it."""
+
+from . import json_format, raw  # noqa: F401  (imported for their register() side effect)
+from .base import (
+    PARSER_VERSION,
+    ParseContext,
+    ParseError,
+    Parser,
+    ParseResult,
+    Reading,
+    get_parser,
+    parser_for_content_type,
+    parser_names,
+)
+
+__all__ = [
+    "PARSER_VERSION",
+    "ParseContext",
+    "ParseError",
+    "ParseResult",
+    "Parser",
+    "Reading",
+    "get_parser",
+    "parser_for_content_type",
+    "parser_names",
+]

@@ -1,0 +1,259 @@
+"""The parser plugin interface: text in, readings and errors out, no I/O.
+
+A format is one module in this package that defines a `Parser` and registers it with
+`register()`. Parsers are pure so they can be property-tested and fuzzed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+PARSER_VERSION = "2.0"
+MAX_NAME_LEN = 64
+MAX_TEXT_LEN = 1024
+MAX_DEVICE_ID_LEN = 128
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+FUTURE_SLACK = timedelta(days=1)
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+TIME_KEYS = ("ts", "timestamp", "time")
+DEVICE_KEYS = ("device_id", "device")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    device_id: str
+    metric: str
+    ts: datetime
+    value: float | None = None
+    value_text: str | None = None
+
+    @property
+    def value_type(self) -> str:
+        return "text" if self.value_text is not None else "number"
+
+
+@dataclass(frozen=True, slots=True)
+class ParseError:
+    position: int  # 1-based line number, or 0-based array index for JSON arrays
+    reason: str
+    raw: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "reason": self.reason, "raw": self.raw[:200]}
+
+
+@dataclass(slots=True)
+class Message:
+    """One line or one JSON object: the readings it produced and its raw text."""
+
+    position: int
+    raw: str
+    readings: list[Reading]
+
+
+@dataclass(slots=True)
+class ParseResult:
+    messages: list[Message] = field(default_factory=list)
+    errors: list[ParseError] = field(default_factory=list)
+
+    @property
+    def readings(self) -> list[Reading]:
+        return [r for m in self.messages for r in m.readings]
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    """What a parser may know besides the body: defaults from the request, and the clock."""
+
+    received_at: datetime
+    default_device_id: str | None = None
+    max_messages: int = 100_000
+
+
+class Parser(Protocol):
+    name: str
+    content_types: tuple[str, ...]
+
+    def parse(self, body: str, ctx: ParseContext) -> ParseResult: ...
+
+
+class InvalidValue(ValueError):
+    """A field that cannot become a reading; the message names the field and why."""
+
+
+_REGISTRY: dict[str, Parser] = {}
+
+
+def register(parser: Parser) -> Parser:
+    _REGISTRY[parser.name] = parser
+    return parser
+
+
+def get_parser(name: str) -> Parser | None:
+    return _REGISTRY.get(name)
+
+
+def parser_for_content_type(content_type: str) -> Parser | None:
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    for parser in _REGISTRY.values():
+        if mime in parser.content_types:
+            return parser
+    return None
+
+
+def parser_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# ---- shared validation used by every format ---------------------------------------------
+
+
+def check_name(name: str) -> str:
+    if not name:
+        raise InvalidValue("empty field name")
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidValue(f"field name longer than {MAX_NAME_LEN} characters")
+    if not NAME_RE.match(name):
+        raise InvalidValue(f"field name {name[:40]!r} has characters outside [A-Za-z0-9_.-]")
+    return name
+
+
+def check_device_id(device_id: Any) -> str:
+    if device_id is None or device_id == "":
+        raise InvalidValue("no device_id (send it in the message, X-Device-Id or ?device_id=)")
+    device_id = str(device_id)
+    if len(device_id) > MAX_DEVICE_ID_LEN:
+        raise InvalidValue(f"device_id longer than {MAX_DEVICE_ID_LEN} characters")
+    if not DEVICE_RE.match(device_id):
+        raise InvalidValue(f"device_id {device_id[:40]!r} has characters outside [A-Za-z0-9_.:-]")
+    return device_id
+
+
+_BOOLS = {"true": 1.0, "false": 0.0, "on": 1.0, "off": 0.0}
+
+
+def coerce_text_value(name: str, text: str) -> tuple[float | None, str | None]:
+    """A raw-string value: number if it reads as one, boolean words as 1/0, else text."""
+    text = text.strip()
+    if text == "":
+        raise InvalidValue(f"field {name!r}: empty value")
+    lowered = text.lower()
+    if lowered in _BOOLS:
+        return _BOOLS[lowered], None
+    if lowered in {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}:
+        raise InvalidValue(f"field {name!r}: {text} is not a finite number")
+    if text[0] in "+-.0123456789":
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:
+            if not math.isfinite(number):
+                raise InvalidValue(f"field {name!r}: {text} is not a finite number")
+            return number, None
+    if len(text) > MAX_TEXT_LEN:
+        raise InvalidValue(f"field {name!r}: text value longer than {MAX_TEXT_LEN} characters")
+    return None, text
+
+
+def coerce_json_value(name: str, value: Any) -> tuple[float | None, str | None]:
+    """A JSON value: numbers and booleans as numbers, strings as in raw strings."""
+    if isinstance(value, bool):
+        return (1.0 if value else 0.0), None
+    if isinstance(value, int | float):
+        number = float(value)
+        if not math.isfinite(number):
+            raise InvalidValue(f"field {name!r}: {value} is not a finite number")
+        return number, None
+    if isinstance(value, str):
+        return coerce_text_value(name, value)
+    if value is None:
+        raise InvalidValue(f"field {name!r}: null is not a value")
+    raise InvalidValue(f"field {name!r}: {type(value).__name__} is not a number, boolean or string")
+
+
+def parse_time(value: Any, ctx: ParseContext) -> datetime:
+    """ISO 8601, or epoch seconds/ms/µs/ns told apart by magnitude; then a sanity window."""
+    if isinstance(value, bool):
+        raise InvalidValue("timestamp: a boolean is not a time")
+    if isinstance(value, int | float) or (isinstance(value, str) and _looks_numeric(value)):
+        try:
+            number = float(value)
+        except ValueError as exc:
+            raise InvalidValue(f"timestamp: {value!r} is not a time") from exc
+        if not math.isfinite(number):
+            raise InvalidValue(f"timestamp: {value!r} is not a time")
+        magnitude = abs(number)
+        if magnitude < 1e11:
+            seconds = number
+        elif magnitude < 1e14:
+            seconds = number / 1e3
+        elif magnitude < 1e17:
+            seconds = number / 1e6
+        else:
+            seconds = number / 1e9
+        try:
+            ts = datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise InvalidValue(f"timestamp: {value!r} is out of range") from exc
+    elif isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise InvalidValue(f"timestamp: {value[:40]!r} is neither ISO 8601 nor epoch") from exc
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+    else:
+        raise InvalidValue(f"timestamp: {type(value).__name__} is not a time")
+    if ts < EARLIEST:
+        raise InvalidValue(f"timestamp: {ts.isoformat()} is before 2000")
+    if ts > ctx.received_at + FUTURE_SLACK:
+        raise InvalidValue(f"timestamp: {ts.isoformat()} is more than a day ahead of the server clock")
+    return ts
+
+
+def _looks_numeric(text: str) -> bool:
+    text = text.strip()
+    return bool(text) and (text[0].isdigit() or text[0] in "+-.") and "-" not in text[1:] and ":" not in text
+
+
+def build_message(
+    position: int,
+    raw: str,
+    fields: Iterable[tuple[str, Any]],
+    ctx: ParseContext,
+    coerce: Callable[[str, Any], tuple[float | None, str | None]],
+) -> Message:
+    """Turn (name, value) pairs of one message into readings, or raise InvalidValue.
+
+    A message is all-or-nothing: a gateway's line is one observation, so a half-stored
+    line would be harder to reason about than a rejected one with its reason.
+    """
+    device_id = ctx.default_device_id
+    ts = ctx.received_at
+    values: list[tuple[str, float | None, str | None]] = []
+    seen: set[str] = set()
+    for name, value in fields:
+        key = name.strip() if isinstance(name, str) else name
+        if key in DEVICE_KEYS:
+            device_id = value
+            continue
+        if key in TIME_KEYS:
+            ts = parse_time(value, ctx)
+            continue
+        check_name(key)
+        if key in seen:
+            raise InvalidValue(f"field {key!r} appears twice")
+        seen.add(key)
+        number, text = coerce(key, value)
+        values.append((key, number, text))
+    device = check_device_id(device_id)
+    if not values:
+        raise InvalidValue("no readings in message")
+    return Message(position, raw, [Reading(device, n, ts, v, t) for n, v, t in values])

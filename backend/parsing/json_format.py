@@ -1,0 +1,76 @@
+"""JSON messages: an object or an array of objects.
+
+Shapes accepted, all as one object per message:
+- flat: `{"device_id": "n1", "ts": ..., "flow_rate": 1.2, ...}` (seed 004's gateway JSON);
+- signals: `{"timestamp": ..., "signals": {"sine": 0.3}}` (seed 002's producer);
+- nested objects one level deep are flattened with `_` (`{"gps": {"lat": 1}}` -> `gps_lat`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .base import (
+    InvalidValue,
+    ParseContext,
+    ParseError,
+    ParseResult,
+    build_message,
+    coerce_json_value,
+    register,
+)
+
+CONTAINER_KEYS = ("signals", "metrics", "values", "data")
+
+
+class JsonParser:
+    name = "json"
+    content_types = ("application/json", "text/json")
+
+    def parse(self, body: str, ctx: ParseContext) -> ParseResult:
+        result = ParseResult()
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            result.errors.append(ParseError(0, f"body is not valid JSON: {exc}"))
+            return result
+        items = doc if isinstance(doc, list) else [doc]
+        if isinstance(doc, list) and len(doc) > ctx.max_messages:
+            result.errors.append(ParseError(0, f"more than {ctx.max_messages} messages in one body"))
+            return result
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                result.errors.append(ParseError(index, f"expected an object, got {type(item).__name__}"))
+                continue
+            try:
+                fields = list(_fields(item))
+                result.messages.append(build_message(index, _raw(item), fields, ctx, coerce_json_value))
+            except InvalidValue as exc:
+                result.errors.append(ParseError(index, str(exc), _raw(item)))
+        return result
+
+
+def _raw(item: dict[str, Any]) -> str:
+    return orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode() if item else "{}"
+
+
+def _fields(item: dict[str, Any]):
+    for key, value in item.items():
+        if key in CONTAINER_KEYS and isinstance(value, dict):
+            yield from _flatten(value, "")
+        elif isinstance(value, dict):
+            yield from _flatten(value, f"{key}_")
+        else:
+            yield key, value
+
+
+def _flatten(obj: dict[str, Any], prefix: str):
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            raise InvalidValue(f"field {prefix + key!r}: objects nested more than one level")
+        yield prefix + key, value
+
+
+register(JsonParser())

@@ -1,0 +1,216 @@
+"""Reading telemetry back: filters, ordering from a fixed list, wide pivot, time buckets.
+
+Every identifier in SQL comes from the whitelists here; values are always parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+ORDER_COLUMNS = {
+    "ts": "ts",
+    "timestamp": "ts",
+    "created_at": "received_at",  # the seed's default order column
+    "received_at": "received_at",
+    "device_id": "device_id",
+    "metric": "metric",
+    "value": "value",
+}
+MAX_LIMIT = 10_000
+BUCKETS = {"1s": "1 second", "10s": "10 seconds", "1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes",
+           "1h": "1 hour", "6h": "6 hours", "1d": "1 day"}
+AGGREGATES = ("avg", "min", "max", "sum", "count", "first", "last")
+
+
+class QueryError(ValueError):
+    """A parameter the client got wrong; the message names it."""
+
+
+def parse_time_param(name: str, value: str | None) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        if value.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        ts = datetime.fromisoformat(value)
+    except (ValueError, OverflowError) as exc:
+        raise QueryError(f"{name}: {value[:40]!r} is not an ISO 8601 time or epoch seconds") from exc
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def parse_int(name: str, value: str | None, default: int, lo: int, hi: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise QueryError(f"{name}: {value[:20]!r} is not a whole number") from exc
+    if not lo <= n <= hi:
+        raise QueryError(f"{name}: must be between {lo} and {hi}")
+    return n
+
+
+def parse_bool(name: str, value: str | None, default: bool) -> bool:
+    if value in (None, ""):
+        return default
+    v = value.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise QueryError(f"{name}: {value[:20]!r} is not true or false")
+
+
+@dataclass
+class ReadingQuery:
+    device_ids: list[str]
+    metrics: list[str]
+    start: datetime | None
+    end: datetime | None
+    limit: int = 100
+    offset: int = 0
+    order_by: str = "ts"
+    desc: bool = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> ReadingQuery:
+        order_by = args.get("order_by") or "ts"
+        if order_by not in ORDER_COLUMNS:
+            raise QueryError(f"order_by: {order_by[:40]!r} is not one of {', '.join(sorted(ORDER_COLUMNS))}")
+        hours = args.get("hours")
+        start = parse_time_param("start", args.get("start") or args.get("start_time"))
+        end = parse_time_param("end", args.get("end") or args.get("end_time"))
+        if hours not in (None, "") and start is None:
+            try:
+                start = datetime.now(UTC) - timedelta(hours=float(hours))
+            except ValueError as exc:
+                raise QueryError(f"hours: {hours[:20]!r} is not a number") from exc
+        if start and end and start > end:
+            raise QueryError("start is after end")
+        return cls(
+            device_ids=_multi(args, "device_id"),
+            metrics=_multi(args, "metric"),
+            start=start,
+            end=end,
+            limit=parse_int("limit", args.get("limit"), 100, 1, MAX_LIMIT),
+            offset=parse_int("offset", args.get("offset"), 0, 0, 10_000_000),
+            order_by=order_by,
+            desc=parse_bool("desc", args.get("desc"), True),
+        )
+
+    def where(self) -> tuple[sql.Composable, list[Any]]:
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        if self.device_ids:
+            parts.append(sql.SQL("device_id = ANY(%s)"))
+            params.append(self.device_ids)
+        if self.metrics:
+            parts.append(sql.SQL("metric = ANY(%s)"))
+            params.append(self.metrics)
+        if self.start:
+            parts.append(sql.SQL("ts >= %s"))
+            params.append(self.start)
+        if self.end:
+            parts.append(sql.SQL("ts < %s"))
+            params.append(self.end)
+        clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
+        return clause, params
+
+    def order(self) -> sql.Composable:
+        col = ORDER_COLUMNS[self.order_by]
+        direction = "DESC" if self.desc else "ASC"
+        # A stable tie-break so pages do not overlap.
+        tiebreak = ", ts DESC" if col in ("device_id", "metric") else ", device_id, metric"
+        return sql.SQL(" ORDER BY {} " + direction + tiebreak).format(sql.Identifier(col))
+
+
+def _multi(args: Any, name: str) -> list[str]:
+    values: list[str] = []
+    for v in args.getlist(name) if hasattr(args, "getlist") else [args.get(name)]:
+        if v:
+            values.extend(x.strip() for x in v.split(",") if x.strip())
+    return values
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def _value(value: float | None, text: str | None) -> Any:
+    if text is not None:
+        return text
+    if value is not None and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def fetch_readings(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
+    where, params = q.where()
+    stmt = (sql.SQL("SELECT device_id, metric, ts, value, value_text, received_at FROM telemetry_readings")
+            + where + q.order() + sql.SQL(" LIMIT %s OFFSET %s"))
+    with pool.connection() as conn:
+        rows = conn.execute(stmt, [*params, q.limit, q.offset]).fetchall()
+    return [{"device_id": d, "metric": m, "ts": _iso(t), "value": _value(v, vt), "received_at": _iso(r)}
+            for d, m, t, v, vt, r in rows]
+
+
+def fetch_wide(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
+    """One record per (device, time) with a key per metric, like the seed's rows."""
+    where, params = q.where()
+    order_col = "received_at" if ORDER_COLUMNS[q.order_by] == "received_at" else "ts"
+    stmt = (sql.SQL(
+        "SELECT device_id, ts, max(received_at) AS received_at,"
+        " array_agg(metric), array_agg(value), array_agg(value_text)"
+        " FROM telemetry_readings") + where + sql.SQL(" GROUP BY device_id, ts")
+        + sql.SQL(" ORDER BY {} {}, device_id").format(sql.Identifier(order_col),
+                                                      sql.SQL("DESC" if q.desc else "ASC"))
+        + sql.SQL(" LIMIT %s OFFSET %s"))
+    with pool.connection() as conn:
+        rows = conn.execute(stmt, [*params, q.limit, q.offset]).fetchall()
+    out = []
+    for device, ts, received, metrics, values, texts in rows:
+        record: dict[str, Any] = {"device_id": device, "ts": _iso(ts), "created_at": _iso(received)}
+        for m, v, t in zip(metrics, values, texts, strict=True):
+            record[m] = _value(v, t)
+        out.append(record)
+    return out
+
+
+def fetch_buckets(pool: ConnectionPool, args: Any) -> dict[str, Any]:
+    """Time-bucketed aggregates of one numeric metric (date_bin, PostgreSQL 14+)."""
+    metric = args.get("metric")
+    if not metric:
+        raise QueryError("metric: required")
+    bucket = args.get("bucket") or "1m"
+    if bucket not in BUCKETS:
+        raise QueryError(f"bucket: {bucket!r} is not one of {', '.join(BUCKETS)}")
+    agg = args.get("agg") or "avg"
+    if agg not in AGGREGATES:
+        raise QueryError(f"agg: {agg!r} is not one of {', '.join(AGGREGATES)}")
+    end = parse_time_param("end", args.get("end")) or datetime.now(UTC)
+    start = parse_time_param("start", args.get("start")) or end - timedelta(hours=24)
+    if start > end:
+        raise QueryError("start is after end")
+    devices = _multi(args, "device_id")
+    fn = {"first": "min", "last": "max"}.get(agg, agg)
+    expr = sql.SQL("{}(value)").format(sql.SQL(fn)) if agg not in ("first", "last") else sql.SQL(
+        "(array_agg(value ORDER BY ts {}))[1]").format(sql.SQL("ASC" if agg == "first" else "DESC"))
+    where = sql.SQL(" WHERE metric = %s AND ts >= %s AND ts < %s")
+    params: list[Any] = [BUCKETS[bucket], metric, start, end]
+    if devices:
+        where += sql.SQL(" AND device_id = ANY(%s)")
+        params.append(devices)
+    stmt = (sql.SQL("SELECT date_bin(%s::interval, ts, TIMESTAMPTZ '2000-01-01') AS bucket, device_id, {},"
+                    " count(*) FROM telemetry_readings").format(expr)
+            + where + sql.SQL(" GROUP BY 1, 2 ORDER BY 1, 2"))
+    with pool.connection() as conn:
+        rows = conn.execute(stmt, params).fetchall()
+    return {
+        "metric": metric, "bucket": bucket, "agg": agg, "start": _iso(start), "end": _iso(end),
+        "data": [{"bucket": _iso(b), "device_id": d, "value": v, "count": c} for b, d, v, c in rows],
+    }

@@ -1,0 +1,71 @@
+"""The storage sink plugin interface: a batch of submissions in, a write result out.
+
+A sink either stores the whole batch (and returns how much was new) or raises. Raising
+`TransientSinkError` (or psycopg.OperationalError) means "try again later"; anything else
+means the data itself was refused and retrying the same batch will not help.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from ..parsing import ParseError, Reading
+
+
+class TransientSinkError(RuntimeError):
+    """The sink is unreachable or overloaded; the same write may succeed later."""
+
+
+@dataclass(slots=True)
+class Submission:
+    """What one request handed to the buffer, and how its write ended."""
+
+    request_id: uuid.UUID
+    readings: list[Reading]
+    received_at: datetime
+    raw_payload: str | None = None
+    content_type: str | None = None
+    device_id: str | None = None
+    parser_version: str = ""
+    data_source: str = ""
+    rejected: list[ParseError] = field(default_factory=list)
+    # Filled in when the write ends; `done` releases the waiting request.
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: str = "pending"  # committed | spooled | failed
+    inserted: int | None = None
+    duplicates: int | None = None
+    quarantined: int = 0
+    error: str | None = None
+
+    def finish(self, outcome: str, error: str | None = None) -> None:
+        self.outcome = outcome
+        self.error = error
+        self.done.set()
+
+
+@dataclass(slots=True)
+class WriteResult:
+    staged: int = 0
+    inserted: int = 0
+    quarantined: int = 0
+    # per request_id: (inserted, quarantined); only sinks that can tell fill this in
+    per_request: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        return self.staged - self.inserted - self.quarantined
+
+
+class Sink(Protocol):
+    name: str
+
+    def write(self, batch: list[Submission]) -> WriteResult: ...
+
+    def ping(self) -> None:
+        """Raise if the sink cannot be reached."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,39 @@
+"""gunicorn settings for `make run` and production (behind nginx).
+
+Threads matter: each request waits for its group commit, so a worker needs several
+threads to keep its CPU busy while some requests wait on PostgreSQL.
+"""
+
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY") or 0) or max(2, multiprocessing.cpu_count() + 1)
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+keepalive = 75  # nginx upstream keep-alive and gateways that reuse connections
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+wsgi_app = "backend:create_app()"
+# Several instances (tests, benchmarks) run side by side; the shared control socket would clash.
+control_socket_disable = True
+
+
+def on_starting(server):
+    # Once, in the master, before any worker: schema and partitions are ready when workers start.
+    from backend.cli import prepare_database
+
+    prepare_database()
+
+
+def worker_exit(server, worker):
+    # Graceful stop and max_requests recycling: write what this worker still holds.
+    app = getattr(worker, "wsgi", None)
+    svc = getattr(app, "extensions", {}).get("telemetry") if app is not None else None
+    if svc is not None:
+        svc.buffer.close(timeout=graceful_timeout)
