@@ -126,3 +126,18 @@ def make_live_server(database_url: str, tmp_path: Path):
 @pytest.fixture
 def live_server(make_live_server) -> LiveServer:
     return make_live_server()
+
+
+@pytest.fixture
+def stoppable_pg(tmp_path: Path):
+    """A private, migrated PostgreSQL that the test may stop and start (`.stop()`, `.start()`, `.url`)."""
+    from tests.pg_control import StoppablePostgres
+
+    server = StoppablePostgres(Path(tempfile.mkdtemp(prefix="telemetry-pg-"))).init().start()
+    migrate(server.url)
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        from backend.partitions import ensure_partitions
+
+        ensure_partitions(conn, 3)
+    yield server
+    server.destroy()
