@@ -67,6 +67,19 @@ def test_encode_then_decode_gives_the_value_back(tv, order):
         assert math.copysign(1, back) == math.copysign(1, value)
 
 
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False), orders)
+def test_float32_readings_are_short_but_the_same_float32(value, order):
+    entry = RegisterEntry("v", Table.HOLDING, 0, DataType.FLOAT32, order)
+    out = decode_entry(entry, encode_raw(value, DataType.FLOAT32, order))["v"]
+    assert struct.pack(">f", out) == struct.pack(">f", value)
+    assert len(repr(out)) <= max(len(repr(value)), 16)
+
+
+def test_float32_reading_of_a_typical_value_is_short():
+    entry = RegisterEntry("v", Table.HOLDING, 0, DataType.FLOAT32)
+    assert decode_entry(entry, encode_raw(14.251256, DataType.FLOAT32))["v"] == 14.251256
+
+
 @given(st.floats(width=32, allow_nan=False), orders)
 def test_float32_orders_match_the_byte_layout_gateways_document(value, order):
     a, b, c, d = struct.pack(">f", value)

@@ -14,7 +14,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 # Protocol limits (Modbus Application Protocol v1.1b3, FC 01-04). Reading more in one
 # request earns an exception response, so the planner never goes above them.
@@ -24,7 +24,7 @@ MAX_BITS_PER_READ = 2000
 Value = int | float | bool
 
 
-class Table(str, Enum):
+class Table(StrEnum):
     """The four Modbus data tables, named as the config file names them."""
 
     HOLDING = "holding"
@@ -59,7 +59,7 @@ TABLE_ALIASES = {
 }
 
 
-class DataType(str, Enum):
+class DataType(StrEnum):
     INT16 = "int16"
     UINT16 = "uint16"
     INT32 = "int32"
@@ -97,7 +97,7 @@ _STRUCT: dict[DataType, tuple[str, int]] = {
 }
 
 
-class WordOrder(str, Enum):
+class WordOrder(StrEnum):
     """Byte order of a multi-register value, in the letters gateways use.
 
     For a 32-bit value whose big-endian bytes are A B C D:
@@ -311,6 +311,8 @@ def decode_entry(entry: RegisterEntry, data: Sequence[int] | Sequence[bool]) -> 
     raw = decode_raw([int(w) for w in data], entry.dtype, entry.order)
     if isinstance(raw, float) and not math.isfinite(raw):
         raise BadValue(f"{entry.name}: {_float_text(raw)} at {entry.table.value} {entry.address}")
+    if entry.dtype is DataType.FLOAT32:
+        raw = shortest_float32(raw)
     out: dict[str, Value] = {}
     if entry.emit_value:
         if entry.scale == 1.0 and entry.offset == 0.0:
@@ -328,6 +330,21 @@ def decode_entry(entry: RegisterEntry, data: Sequence[int] | Sequence[bool]) -> 
         for position, bit_name in entry.bits:
             out[bit_name] = bool((as_int >> position) & 1)
     return out
+
+
+def shortest_float32(value: float) -> float:
+    """The shortest decimal that is still the same float32.
+
+    A transmitter's 14.251256 arrives as the float32 nearest to it, whose exact double
+    is 14.251255989074707; forwarding the short form stores what the device meant
+    without losing a bit (it converts back to the identical float32).
+    """
+    packed = struct.pack(">f", value)
+    for digits in range(6, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack(">f", candidate) == packed:
+            return candidate
+    return value
 
 
 def _float_text(value: float) -> str:

@@ -1,0 +1,426 @@
+"""Store and forward: every poll record goes to an on-disk queue first, a sender thread
+drains it to the ingest API in order.
+
+Why always through the disk (not only when the API is down): one path is easier to get
+right than two, order is simply the queue order, and a crash at any moment loses at
+most the poll in flight. The cost is one small fsync'd SQLite write per poll.
+
+Delivery rules (see docs/modbus.md):
+- 2xx                -> the batch is deleted from the queue (only now: at-least-once;
+                        the API is idempotent on (device_id, metric, ts), so a resend
+                        after a crash between 2xx and delete is harmless);
+                        records listed in the answer's "rejected" are copied to the
+                        dead-letter table with the reason.
+- 400/413/415/422    -> bad payload: the batch is halved until the offending record is
+  (other 4xx)           alone, and that record is moved to the dead-letter table.
+- 401/403/404/405    -> configuration problem (key, URL): logged loudly, kept, retried
+                        slowly (`auth_retry`). Data is never dead-lettered because of it.
+- 408/429/5xx/network-> retried with exponential backoff, honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {408, 425, 429}
+CONFIG_PROBLEM = {401, 403, 404, 405}
+MAX_STORED_RESPONSE = 2000
+
+
+@dataclass(frozen=True)
+class QueuedRecord:
+    id: int
+    payload: str  # the record as JSON text, exactly as it will be sent
+
+
+class DiskQueue:
+    """A bounded FIFO of JSON records in SQLite (WAL, synchronous=FULL).
+
+    AUTOINCREMENT ids never reuse a deleted id, so id order is arrival order even
+    across restarts. Thread-safe through one lock; the writers are a few poll threads
+    and one sender, far below what SQLite handles.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_records: int = 100_000,
+        overflow: str = "drop_oldest",
+        max_dead_letters: int = 10_000,
+    ) -> None:
+        if overflow not in ("drop_oldest", "drop_newest"):
+            raise ValueError("overflow must be drop_oldest or drop_newest")
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self.max_records = max_records
+        self.overflow = overflow
+        self.max_dead_letters = max_dead_letters
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsync'd at every commit, so a power cut after put() returns
+        # cannot lose the record.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " payload TEXT NOT NULL,"
+            " enqueued_at REAL NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS dead_letter ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " outbox_id INTEGER,"
+            " payload TEXT NOT NULL,"
+            " status INTEGER,"
+            " reason TEXT,"
+            " moved_at REAL NOT NULL)"
+        )
+        self._count = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count
+
+    def put(self, records: list[dict[str, Any]]) -> int:
+        """Append records; returns how many records the bound made us drop."""
+        if not records:
+            return 0
+        # allow_nan=False: a NaN reaching this point is a bug upstream, and the API
+        # would reject the whole message anyway.
+        payloads = [json.dumps(r, separators=(",", ":"), allow_nan=False) for r in records]
+        now = time.time()
+        dropped = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                room = self.max_records - self._count
+                if self.overflow == "drop_newest" and len(payloads) > room:
+                    dropped = len(payloads) - max(room, 0)
+                    payloads = payloads[: max(room, 0)]
+                self._db.executemany(
+                    "INSERT INTO outbox (payload, enqueued_at) VALUES (?, ?)", [(p, now) for p in payloads]
+                )
+                count = self._count + len(payloads)
+                if self.overflow == "drop_oldest" and count > self.max_records:
+                    excess = count - self.max_records
+                    self._db.execute(
+                        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,)
+                    )
+                    dropped = excess
+                    count -= excess
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count = count
+            self.dropped += dropped
+        if dropped:
+            log.warning(
+                "queue full (%d records): dropped %d %s record(s); %d dropped since start",
+                self.max_records,
+                dropped,
+                "oldest" if self.overflow == "drop_oldest" else "newest",
+                self.dropped,
+            )
+        return dropped
+
+    def peek(self, limit: int) -> list[QueuedRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [QueuedRecord(i, p) for i, p in rows]
+
+    def ack(self, ids: list[int]) -> None:
+        """Remove delivered records (ids that the bound already dropped are ignored)."""
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                removed = cur.rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count -= removed
+
+    def dead_letter(self, records: list[QueuedRecord], status: int | None, reason: str, *, remove: bool = True) -> None:
+        """Move records aside (or, with remove=False, keep a copy next to a delivered one)."""
+        if not records:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO dead_letter (outbox_id, payload, status, reason, moved_at) VALUES (?, ?, ?, ?, ?)",
+                    [(r.id, r.payload, status, reason[:MAX_STORED_RESPONSE], now) for r in records],
+                )
+                removed = 0
+                if remove:
+                    cur = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r.id,) for r in records])
+                    removed = cur.rowcount
+                self._db.execute(
+                    "DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                    (self.max_dead_letters,),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count -= removed
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, outbox_id, payload, status, reason, moved_at FROM dead_letter ORDER BY id"
+            ).fetchall()
+        keys = ("id", "outbox_id", "payload", "status", "reason", "moved_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def requeue_dead_letters(self) -> int:
+        """Put dead letters back at the end of the queue (after fixing the server side)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, payload FROM dead_letter ORDER BY id").fetchall()
+        if not rows:
+            return 0
+        self.put([json.loads(p) for _i, p in rows])
+        with self._lock:
+            self._db.executemany("DELETE FROM dead_letter WHERE id = ?", [(i,) for i, _p in rows])
+        return len(rows)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one send attempt did; `delay` is how long the sender should wait next."""
+
+    kind: str  # "empty" | "sent" | "retry" | "dead" | "split"
+    count: int = 0
+    status: int | None = None
+    delay: float = 0.0
+    detail: str = ""
+
+
+class Forwarder:
+    """Drains a DiskQueue to the ingest API; `submit` is the poller's sink."""
+
+    def __init__(
+        self,
+        queue: DiskQueue,
+        endpoint: str,
+        api_key: str,
+        *,
+        batch_size: int = 200,
+        timeout: float = 10.0,
+        verify_tls: bool | str = True,
+        retry_min: float = 1.0,
+        retry_max: float = 300.0,
+        auth_retry: float = 300.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.queue = queue
+        self.endpoint = endpoint
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.auth_retry = auth_retry
+        self.session = session or requests.Session()
+        self.session.headers.update(
+            {
+                "X-API-Key": api_key,
+                "Content-Type": "application/json",
+                "User-Agent": f"fluxio-modbus/{__version__}",
+            }
+        )
+        self.session.verify = verify_tls
+        self._limit = batch_size
+        self._failures = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.last_outcome: SendOutcome | None = None
+
+    # -- the poller's sink ------------------------------------------------------------
+
+    def submit(self, records: list[dict[str, Any]]) -> None:
+        self.queue.put(records)
+        self._wake.set()
+
+    # -- one attempt ------------------------------------------------------------------
+
+    def send_once(self) -> SendOutcome:
+        """Send the oldest batch once and act on the answer (no sleeping here)."""
+        batch = self.queue.peek(self._limit)
+        if not batch:
+            return SendOutcome("empty")
+        body = "[" + ",".join(r.payload for r in batch) + "]"
+        try:
+            response = self.session.post(self.endpoint, data=body.encode(), timeout=self.timeout)
+        except requests.RequestException as exc:
+            return self._retry(None, f"{type(exc).__name__}: {exc}", None)
+        status = response.status_code
+        if 200 <= status < 300:
+            self._failures = 0
+            self._handle_rejected(batch, response)
+            self.queue.ack([r.id for r in batch])
+            self.sent += len(batch)
+            # Grow back after a split so one bad record does not shrink batches forever.
+            self._limit = min(self.batch_size, self._limit * 2)
+            return SendOutcome("sent", len(batch), status)
+        text = _response_text(response)
+        if status in RETRYABLE or status >= 500:
+            return self._retry(status, text, response.headers.get("Retry-After"))
+        if status in CONFIG_PROBLEM:
+            log.error(
+                "ingest API answered %d for %s - check api_key / url; %d record(s) stay queued,"
+                " retrying in %.0fs: %s",
+                status,
+                self.endpoint,
+                len(self.queue),
+                self.auth_retry,
+                text[:200],
+            )
+            return SendOutcome("retry", 0, status, self.auth_retry, text)
+        # Any other 4xx: the payload is the problem and resending it cannot help.
+        if len(batch) > 1:
+            self._limit = max(1, len(batch) // 2)
+            log.warning("ingest API answered %d for %d records; splitting to find the bad one", status, len(batch))
+            return SendOutcome("split", len(batch), status, 0.0, text)
+        self.queue.dead_letter(batch, status, text)
+        log.error("ingest API rejected a record with %d, moved to dead letters: %s | %s", status, text[:200], batch[0].payload[:200])
+        return SendOutcome("dead", 1, status, 0.0, text)
+
+    def _retry(self, status: int | None, text: str, retry_after: str | None) -> SendOutcome:
+        self._failures += 1
+        delay = min(self.retry_max, self.retry_min * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
+        hinted = _parse_retry_after(retry_after)
+        if hinted is not None:
+            delay = min(self.retry_max, max(delay, hinted))
+        level = logging.WARNING if self._failures in (1, 2) or self._failures % 20 == 0 else logging.DEBUG
+        log.log(
+            level,
+            "ingest API unavailable (%s); %d record(s) queued, retry %d in %.1fs",
+            status if status is not None else text[:120],
+            len(self.queue),
+            self._failures,
+            delay,
+        )
+        return SendOutcome("retry", 0, status, delay, text)
+
+    def _handle_rejected(self, batch: list[QueuedRecord], response: requests.Response) -> None:
+        try:
+            answer = response.json()
+        except ValueError:
+            return
+        rejected = answer.get("rejected") if isinstance(answer, dict) else None
+        if not isinstance(rejected, list) or not rejected:
+            return
+        copies: list[tuple[QueuedRecord, str]] = []
+        for item in rejected:
+            position = item.get("position") if isinstance(item, dict) else None
+            reason = json.dumps(item)[:MAX_STORED_RESPONSE]
+            if isinstance(position, int) and 0 <= position < len(batch):
+                copies.append((batch[position], reason))
+        for record, reason in copies:
+            self.queue.dead_letter([record], response.status_code, reason, remove=False)
+        log.error("ingest API accepted the batch but rejected %d record(s): %s", len(rejected), json.dumps(rejected)[:300])
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Send until stopped; sleeps only between attempts, wakes on new records."""
+        delay = 0.0
+        while not self._stop.is_set():
+            if delay > 0:
+                # A submit during a backoff must not cut the backoff short: only stop does.
+                if self._stop.wait(delay):
+                    break
+            try:
+                outcome = self.send_once()
+            except Exception:  # noqa: BLE001 - the sender must outlive surprises
+                log.exception("forwarder: unexpected error")
+                outcome = SendOutcome("retry", delay=self.retry_min)
+            self.last_outcome = outcome
+            if outcome.kind == "empty":
+                self._wake.wait(1.0)
+                self._wake.clear()
+                delay = 0.0
+            else:
+                delay = outcome.delay
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="modbus-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def flush(self, timeout: float) -> bool:
+        """Send until the queue is empty or the API refuses; for `run --once`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            outcome = self.send_once()
+            if outcome.kind == "empty":
+                return True
+            if outcome.kind == "retry":
+                if outcome.delay > deadline - time.monotonic():
+                    return False
+                time.sleep(outcome.delay)
+        return len(self.queue) == 0
+
+
+def _response_text(response: requests.Response) -> str:
+    try:
+        return " ".join(response.text.split())[:MAX_STORED_RESPONSE]
+    except Exception:  # noqa: BLE001 - undecodable body
+        return ""
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
