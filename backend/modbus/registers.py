@@ -339,7 +339,8 @@ def shortest_float32(value: float) -> float:
     is 14.251255989074707; forwarding the short form stores what the device meant
     without losing a bit (it converts back to the identical float32).
     """
-    packed = struct.pack(">f", value)
+    packed = struct.pack(">f", value)  # also rounds a double argument to float32 first
+    value = struct.unpack(">f", packed)[0]
     for digits in range(6, 10):
         candidate = float(f"{value:.{digits}g}")
         if struct.pack(">f", candidate) == packed:
