@@ -143,7 +143,7 @@ class BatchBuffer:
         s = self.stats
         now = datetime.now(UTC)
         return {
-            "pending_records": pending,
+            "pending_records": pending + self._in_flight,  # not yet written, in flight included
             "batch_size": self.batch_size,
             "batch_full": pending >= self.batch_size,
             "max_pending": self.max_pending,

@@ -15,7 +15,7 @@ def make_pool(database_url: str, min_size: int = 1, max_size: int = 4, name: str
         kwargs={"prepare_threshold": None, "connect_timeout": 5, "autocommit": True},
         name=name,
         open=True,
-        reconnect_timeout=0,  # keep trying to reconnect for as long as it takes
         check=ConnectionPool.check_connection,
-        timeout=10.0,
+        # A flush waiting for a connection should fail over quickly rather than hold requests.
+        timeout=3.0,
     )

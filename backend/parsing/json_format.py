@@ -37,6 +37,9 @@ class JsonParser:
             result.errors.append(ParseError(0, f"body is not valid JSON: {exc}"))
             return result
         items = doc if isinstance(doc, list) else [doc]
+        if not items:
+            result.errors.append(ParseError(0, "empty array: no messages"))
+            return result
         if isinstance(doc, list) and len(doc) > ctx.max_messages:
             result.errors.append(ParseError(0, f"more than {ctx.max_messages} messages in one body"))
             return result
