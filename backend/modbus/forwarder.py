@@ -261,6 +261,7 @@ class Forwarder:
         )
         self.session.verify = verify_tls
         self._limit = batch_size
+        self._split_end: int | None = None  # last queue id of the batch being bisected
         self._failures = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -292,8 +293,10 @@ class Forwarder:
             self._handle_rejected(batch, response)
             self.queue.ack([r.id for r in batch])
             self.sent += len(batch)
-            # Grow back after a split so one bad record does not shrink batches forever.
-            self._limit = min(self.batch_size, self._limit * 2)
+            if self._split_end is not None and batch[-1].id >= self._split_end:
+                # Past the batch that was refused without finding a bad record: full size again.
+                self._split_end = None
+                self._limit = self.batch_size
             return SendOutcome("sent", len(batch), status)
         text = _response_text(response)
         if status in RETRYABLE or status >= 500:
@@ -311,10 +314,15 @@ class Forwarder:
             return SendOutcome("retry", 0, status, self.auth_retry, text)
         # Any other 4xx: the payload is the problem and resending it cannot help.
         if len(batch) > 1:
+            # Bisect: the smaller half is retried first; its successes are delivered and
+            # the refusal narrows down to the one record that cannot be accepted.
+            self._split_end = batch[-1].id if self._split_end is None else self._split_end
             self._limit = max(1, len(batch) // 2)
             log.warning("ingest API answered %d for %d records; splitting to find the bad one", status, len(batch))
             return SendOutcome("split", len(batch), status, 0.0, text)
         self.queue.dead_letter(batch, status, text)
+        self._split_end = None
+        self._limit = self.batch_size
         log.error("ingest API rejected a record with %d, moved to dead letters: %s | %s", status, text[:200], batch[0].payload[:200])
         return SendOutcome("dead", 1, status, 0.0, text)
 

@@ -159,14 +159,18 @@ class DevicePoller:
             Table.DISCRETE: client.read_discrete_inputs,
         }[block.table]
         last = ""
-        for _attempt in range(self.device.retries + 1):
+        attempts = self.device.retries + 1
+        for _attempt in range(attempts):
             try:
                 response = call(block.address, count=block.count, device_id=self.device.unit)
             except ConnectionException as exc:
                 raise LinkDown(_short(exc)) from None
             except ModbusIOException as exc:
-                # pymodbus reports timeouts, and frames dropped for a bad CRC, this way.
-                last = f"{block.describe()}: no response (timeout or CRC error): {_short(exc)}"
+                # pymodbus reports timeouts, frames dropped for a bad CRC and replies from
+                # the wrong unit this way; only the last one has a message worth keeping.
+                detail = _short(exc)
+                reason = detail if "request uses" in detail else "timeout or CRC error"
+                last = f"{block.describe()}: no response after {attempts} attempt(s) ({reason})"
                 continue
             except ModbusException as exc:
                 last = f"{block.describe()}: {_short(exc)}"
