@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,11 +54,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("starting gunicorn on %s:%s (database: %s)", cfg.host, cfg.port,
              "embedded" if handle is not None else "DATABASE_URL")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+
+    def forward(signum: int, _frame: Any) -> None:
+        # gunicorn's graceful stop: workers finish requests and flush their buffers.
+        proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = proc.wait()
+    if handle is not None:
+        # Stop explicitly: pgserver's own reference counting keeps stale pids after a crash.
+        handle.stop()
+    return code
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
