@@ -55,8 +55,15 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         max_retries=cfg.max_retries,
         retry_base_delay=cfg.retry_base_delay,
         retry_max_delay=cfg.retry_max_delay,
+        write_timeout=max(0.5, cfg.ack_timeout / 2),
     )
-    svc = Services(cfg, pool, buffer, FieldCatalogue(pool))
+    from .buffer import GuardedPool
+    from .replay import setup_spool
+
+    spool = setup_spool(buffer, cfg, pool)  # write-ahead spool + replayer, see docs/reliability.md
+    svc = Services(cfg, pool, buffer, FieldCatalogue(GuardedPool(pool, buffer)))
+    if spool is not None:
+        svc.extras["spool"] = spool
     svc.extras["database_url"] = database_url
     app.extensions["telemetry"] = svc
 
@@ -74,4 +81,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     buffer.start()
     atexit.register(buffer.close, 10.0)
+    from .maintenance import Maintenance
+
+    maintenance = Maintenance(pool, cfg.partitions_ahead_months)
+    maintenance.start()
+    svc.extras["maintenance"] = maintenance
     return app

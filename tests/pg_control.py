@@ -64,7 +64,13 @@ class StoppablePostgres:
                                  "--no-sync"), check=True, capture_output=True)
         return self
 
+    def running(self) -> bool:
+        status = subprocess.run(self._cmd("pg_ctl", "-D", str(self.datadir), "status"), capture_output=True)
+        return status.returncode == 0
+
     def start(self) -> StoppablePostgres:
+        if self.running():
+            return self
         opts = f"-p {self.port} -h 127.0.0.1 -k {self.base} -c fsync=on"
         subprocess.run(self._cmd("pg_ctl", "-D", str(self.datadir), "-l", str(self.base / "log"), "-o", opts,
                                  "-w", "start"), check=True, capture_output=True)
