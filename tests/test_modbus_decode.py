@@ -29,6 +29,7 @@ from backend.modbus.registers import (
     parse_address,
     plan_reads,
     plausible_float,
+    shortest_float32,
 )
 
 INT_RANGES = {
@@ -300,7 +301,11 @@ def test_plan_then_decode_round_trip(entries):
             memory[(entry.table, entry.address + offset)] = w
     for entry in entries:  # later overlapping writes win; read back what is there
         span = [memory[(entry.table, entry.address + k)] for k in range(entry.count)]
-        expected[entry.name] = span[0] if entry.dtype is DataType.BOOL else decode_raw(span, entry.dtype, entry.order)
+        if entry.dtype is DataType.BOOL:
+            expected[entry.name] = span[0]
+        else:
+            raw = decode_raw(span, entry.dtype, entry.order)
+            expected[entry.name] = shortest_float32(raw) if entry.dtype is DataType.FLOAT32 else raw
     for block in plan_reads(entries):
         data = [memory.get((block.table, a), False if block.table.is_bit else 0) for a in range(block.address, block.end)]
         readings, errors = decode_block(block, data)
