@@ -169,3 +169,22 @@ backoff_max = 0.5
         "SELECT ts, count(*) FROM telemetry_readings WHERE device_id = 'nivus-inlet' GROUP BY ts"
     )
     assert {n for _ts, n in per_ts} == {12}  # 4 values + 7 status bits + modbus_ok
+
+
+def test_wrong_api_key_keeps_readings_queued_until_the_key_is_fixed(live_server, tmp_path: Path):
+    from backend.modbus.forwarder import DiskQueue, Forwarder
+
+    queue = DiskQueue(tmp_path / "queue.sqlite3")
+    record = {"device_id": "nivus-key", "ts": "2026-03-01T12:00:00.000+00:00", "flow_rate": 1.25, "modbus_ok": 1}
+    wrong = Forwarder(queue, live_server.url + "/api/ingest", "not-a-key", auth_retry=0.1)
+    wrong.submit([record])
+    outcome = wrong.send_once()
+    assert outcome.kind == "retry" and outcome.status in (401, 403)
+    assert len(queue) == 1 and queue.dead_letters() == []
+    right = Forwarder(queue, live_server.url + "/api/ingest", live_server.api_key)
+    assert right.flush(timeout=30)
+    rows = live_server.query(
+        "SELECT metric, value FROM telemetry_readings WHERE device_id = 'nivus-key' ORDER BY metric"
+    )
+    assert rows == [("flow_rate", 1.25), ("modbus_ok", 1.0)]
+    queue.close()
