@@ -69,6 +69,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
+    from .fleet import install_fleet
+
+    install_fleet(app, svc)  # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parts = sub.add_parser("partitions", help="create monthly partitions ahead")
     parts.add_argument("--months", type=int, default=0)
     parts.set_defaults(func=cmd_partitions)
+    from .keys import add_key_commands
+
+    add_key_commands(sub)  # keys create|list|revoke (backend/keys.py)
     return parser
 
 

@@ -99,20 +99,23 @@ def ingest(
     store: bool = True,
     fmt: str | None = None,
     device_guard: Any = None,
+    default_device_id: str | None = None,
 ) -> IngestOutcome:
     """Parse, validate and (when `store`) durably accept one request's readings."""
     received = datetime.now(UTC)
     body = read_body(request, cfg)
     parser = pick_parser(request, fmt)
-    ctx = ParseContext(received_at=received, default_device_id=default_device(request),
+    ctx = ParseContext(received_at=received, default_device_id=default_device(request) or default_device_id,
                        max_messages=cfg.max_lines_per_body)
     result = parser.parse(body, ctx)
+    if device_guard is not None:
+        # Before the catalogue check: a refused request must not register new metric names.
+        allowed, denied = device_guard(result.messages)
+        if denied and not allowed:
+            raise IngestError(403, denied)
+        result.messages = allowed
     messages, type_errors = catalogue.check(result.messages)
     errors: list[ParseError] = sorted(result.errors + type_errors, key=lambda e: e.position)
-    if device_guard is not None:
-        messages, denied = device_guard(messages)
-        if denied and not messages:
-            raise IngestError(403, denied)
     request_id = uuid.uuid4()
     readings = [r for m in messages for r in m.readings]
     body_out: dict[str, Any] = {

@@ -107,6 +107,26 @@ def client(app):
 
 
 @pytest.fixture
+def make_app(db, app_config):
+    """Factory: make_app(**config_overrides) -> app on the emptied test database; closed at teardown."""
+    from dataclasses import replace
+
+    from backend import create_app
+
+    apps = []
+
+    def factory(**overrides):
+        apps.append(create_app(replace(app_config, **overrides)))
+        return apps[-1]
+
+    yield factory
+    for application in apps:
+        svc = application.extensions["telemetry"]
+        svc.buffer.close(5)
+        svc.pool.close()
+
+
+@pytest.fixture
 def make_live_server(database_url: str, tmp_path: Path):
     """Factory: make_live_server(env={...}, workers=2) -> started LiveServer; all stopped at teardown."""
     servers: list[LiveServer] = []

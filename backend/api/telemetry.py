@@ -12,13 +12,13 @@ from .responses import error_response, json_response, now_iso
 bp = Blueprint("telemetry", __name__)
 
 
-def run_ingest(fmt: str | None = None) -> Response:
+def run_ingest(fmt: str | None = None, default_device_id: str | None = None) -> Response:
     svc = services()
     try:
         store = parse_bool("store", request.args.get("store"), True)
         guard = svc.extras.get("device_guard")
         outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=store, fmt=fmt,
-                         device_guard=guard() if guard else None)
+                         device_guard=guard() if guard else None, default_device_id=default_device_id)
     except (IngestError, QueryError) as exc:
         status = getattr(exc, "status", 400)
         return error_response(status, getattr(exc, "message", str(exc)), getattr(exc, "retry_after", None))

@@ -1,0 +1,213 @@
+"""API keys: generation, storage (hash only), listing, revocation, and the `keys` CLI.
+
+A key is `tk_` followed by 43 URL-safe characters (32 bytes, 256 random bits from
+`secrets`). Only its SHA-256 is stored: for a secret with that much entropy a fast hash is
+as good as a slow one and lets every request be checked with one dictionary lookup. The
+plaintext is returned once, by `create_key`, and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+SCOPES = ("ingest", "read", "admin")
+KEY_PREFIX = "tk_"
+SHOWN_PREFIX_LEN = 10  # "tk_" + 7 characters: enough to tell keys apart, far from enough to guess one
+_COLUMNS = "id, name, prefix, scopes, devices, created_at, expires_at, revoked_at, last_used_at"
+
+
+class KeyRequestError(ValueError):
+    """A key request the caller got wrong (unknown scope, bad device list, ...)."""
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    devices: list[str] | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple) -> KeyInfo:
+        return cls(*row)
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(t: datetime | None) -> str | None:
+            return t.isoformat().replace("+00:00", "Z") if t else None
+
+        now = datetime.now(UTC)
+        status = "active"
+        if self.revoked_at is not None:
+            status = "revoked"
+        elif self.expires_at is not None and self.expires_at <= now:
+            status = "expired"
+        return {"id": self.id, "name": self.name, "prefix": self.prefix, "scopes": self.scopes,
+                "devices": self.devices, "status": status, "created_at": iso(self.created_at),
+                "expires_at": iso(self.expires_at), "revoked_at": iso(self.revoked_at),
+                "last_used_at": iso(self.last_used_at)}
+
+
+def normalise_scopes(scopes: Any) -> list[str]:
+    if isinstance(scopes, str):
+        scopes = [s for s in scopes.replace(" ", ",").split(",") if s]
+    if not isinstance(scopes, list | tuple) or not scopes:
+        raise KeyRequestError(f"scopes: give one or more of {', '.join(SCOPES)}")
+    out = []
+    for s in scopes:
+        if s not in SCOPES:
+            raise KeyRequestError(f"scopes: {str(s)[:40]!r} is not one of {', '.join(SCOPES)}")
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def normalise_devices(devices: Any) -> list[str] | None:
+    from .parsing.base import DEVICE_RE
+
+    if devices in (None, "", []):
+        return None
+    if isinstance(devices, str):
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+    if not isinstance(devices, list | tuple):
+        raise KeyRequestError("devices: a list of device ids, or a comma-separated string")
+    for d in devices:
+        if not isinstance(d, str) or not DEVICE_RE.match(d):
+            raise KeyRequestError(f"devices: {str(d)[:40]!r} is not a device id")
+    return sorted(set(devices))
+
+
+def create_key(conn: psycopg.Connection, name: str, scopes: Any, devices: Any = None,
+               expires_days: float | None = None) -> tuple[KeyInfo, str]:
+    """Store a new key; returns its info and the plaintext (show it once, then forget it)."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise KeyRequestError("name: required, at most 200 characters")
+    scope_list = normalise_scopes(scopes)
+    device_list = normalise_devices(devices)
+    expires = None
+    if expires_days is not None:
+        if expires_days <= 0:
+            raise KeyRequestError("expires_days: must be positive")
+        expires = datetime.now(UTC) + timedelta(days=float(expires_days))
+    raw = generate_key()
+    for _ in range(5):
+        key_id = "k_" + secrets.token_hex(6)
+        try:
+            row = conn.execute(
+                "INSERT INTO api_keys (id, name, key_hash, prefix, scopes, devices, expires_at)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (key_id, name.strip(), hash_key(raw), raw[:SHOWN_PREFIX_LEN], scope_list, device_list, expires),
+            ).fetchone()
+        except psycopg.errors.UniqueViolation:  # an id collision (2^-48); try another id
+            if not conn.autocommit:
+                raise
+            continue
+        assert row is not None
+        return KeyInfo.from_row(row), raw
+    raise RuntimeError("could not allocate a key id")
+
+
+def list_keys(conn: psycopg.Connection, include_revoked: bool = True) -> list[KeyInfo]:
+    where = "" if include_revoked else " WHERE revoked_at IS NULL"
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, id").fetchall()
+    return [KeyInfo.from_row(r) for r in rows]
+
+
+def revoke_key(conn: psycopg.Connection, key_id: str) -> KeyInfo | None:
+    """Revoke (idempotent); None when there is no such key. Rows are kept for the record."""
+    row = conn.execute(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), updated_at = clock_timestamp()"
+        f" WHERE id = %s RETURNING {_COLUMNS}", (key_id,)
+    ).fetchone()
+    return KeyInfo.from_row(row) if row else None
+
+
+# ---- CLI: python -m backend keys create|list|revoke --------------------------------------
+
+
+def add_key_commands(sub: Any) -> None:
+    """Register `keys` on the CLI's subparsers (see backend/cli.py build_parser)."""
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", default="ingest", help="comma-separated: ingest,read,admin")
+    create.add_argument("--devices", default="", help="comma-separated device ids the key may write")
+    create.add_argument("--expires-days", type=float, default=None)
+    create.set_defaults(func=_cmd_create)
+    lst = ksub.add_parser("list", help="list keys (never shows a key, only its prefix)")
+    lst.add_argument("--active", action="store_true", help="hide revoked keys")
+    lst.set_defaults(func=_cmd_list)
+    revoke = ksub.add_parser("revoke", help="revoke a key (every worker refuses it within seconds)")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=_cmd_revoke)
+
+
+def _connect() -> tuple[psycopg.Connection, Any]:
+    from .cli import resolve_database_url
+    from .config import Config
+    from .migrations import migrate
+
+    url, handle = resolve_database_url(Config.from_env())
+    migrate(url)
+    return psycopg.connect(url, autocommit=True, prepare_threshold=None), handle
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    conn, _handle = _connect()
+    with conn:
+        try:
+            info, raw = create_key(conn, args.name, args.scopes, args.devices, args.expires_days)
+        except KeyRequestError as exc:
+            print(f"error: {exc}")
+            return 2
+    print(f"id:      {info.id}")
+    print(f"name:    {info.name}")
+    print(f"scopes:  {','.join(info.scopes)}")
+    print(f"devices: {','.join(info.devices) if info.devices else '(any)'}")
+    print(f"expires: {info.expires_at.isoformat() if info.expires_at else 'never'}")
+    print(f"key:     {raw}")
+    print("Store the key now: it is shown only this once (the database keeps only its hash).")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    conn, _handle = _connect()
+    with conn:
+        keys = list_keys(conn, include_revoked=not args.active)
+    print(f"{'id':16} {'name':20} {'prefix':12} {'scopes':18} {'status':8} {'devices':24} last used")
+    for k in keys:
+        d = k.as_dict()
+        print(f"{k.id:16} {k.name[:20]:20} {k.prefix:12} {','.join(k.scopes):18} {d['status']:8}"
+              f" {(','.join(k.devices) if k.devices else '(any)')[:24]:24} {d['last_used_at'] or '-'}")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    conn, _handle = _connect()
+    with conn:
+        info = revoke_key(conn, args.id)
+    if info is None:
+        print(f"no key with id {args.id!r}")
+        return 1
+    print(f"revoked {info.id} ({info.name}) at {info.revoked_at.isoformat() if info.revoked_at else '?'}")
+    return 0
