@@ -28,7 +28,10 @@ def on_starting(server):
     # Once, in the master, before any worker: schema and partitions are ready when workers start.
     from backend.cli import prepare_database
 
-    prepare_database()
+    try:
+        prepare_database()
+    except Exception as exc:  # noqa: BLE001 - database down at boot: serve anyway, ingest spools
+        server.log.warning("database not reachable at start (%s); migrations run at the next start", exc)
 
 
 def worker_exit(server, worker):

@@ -149,15 +149,17 @@ def ingest(
     try:
         buffer.submit(sub)
     except BufferFull as exc:
-        raise IngestError(503, f"ingest buffer is full ({exc}); retry later", retry_after=5) from exc
+        raise IngestError(503, f"ingest cannot take readings now ({exc}); not stored, retry later",
+                          retry_after=getattr(exc, "retry_after", 5)) from exc
     if not readings:
         # Nothing valid: the rejected lines still go to quarantine with the next flush.
         body_out["error"] = "no valid readings in body"
         return IngestOutcome(400, body_out)
+    # 2xx only for "committed" (in PostgreSQL) or "spooled" (fsync'd to the local spool).
     if not buffer.wait(sub, cfg.ack_timeout) or sub.outcome not in ("committed", "spooled"):
-        raise IngestError(503, f"storage did not confirm the write in {cfg.ack_timeout:g}s"
-                          f" ({sub.error or buffer.stats.last_error or 'busy'}); retry later",
-                          retry_after=int(max(1, min(30, buffer.retry_max_delay))))
+        why = sub.error if sub.outcome == "failed" else (f"storage did not confirm the write in {cfg.ack_timeout:g}s"
+                                                          f" ({buffer.stats.last_error or 'busy'})")
+        raise IngestError(503, f"{why}; not stored, retry later", retry_after=buffer.retry_after_hint())
     body_out["stored"] = True
     body_out["durability"] = sub.outcome
     if sub.duplicates is not None:

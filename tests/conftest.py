@@ -161,3 +161,13 @@ def stoppable_pg(tmp_path: Path):
         ensure_partitions(conn, 3)
     yield server
     server.destroy()
+
+
+@pytest.fixture
+def db_proxy(database_url: str):
+    """A TCP proxy to the test database: `.url` for the service, `.down()` / `.blackhole()` / `.up()`."""
+    from tests.db_proxy import TcpProxy
+
+    proxy = TcpProxy.for_url(database_url).start()
+    yield proxy
+    proxy.close()

@@ -73,9 +73,12 @@ _REJECTED = (
 class PostgresSink:
     name = "postgres"
 
-    def __init__(self, pool: ConnectionPool, store_raw: bool = True) -> None:
+    def __init__(self, pool: ConnectionPool, store_raw: bool = True, replay: bool = False) -> None:
         self.pool = pool
         self.store_raw = store_raw
+        # Replay mode (spool replayer): skip requests a committed write already stored, so
+        # raw payloads and quarantine rows are not written twice (readings never are).
+        self.replay = replay
         # Tests set this to crash between COMMIT and the caller's bookkeeping.
         self.after_commit_hook = None
 
@@ -84,7 +87,10 @@ class PostgresSink:
         try:
             with self.pool.connection() as conn:
                 with conn.transaction():
-                    self._write(conn, batch, result)
+                    todo = self._not_yet_written(conn, batch) if self.replay else batch
+                    self._write(conn, todo, result)
+                    if len(todo) != len(batch):  # already stored: counted as duplicates
+                        result.staged += sum(len(s.readings) for s in batch) - sum(len(s.readings) for s in todo)
         except psycopg.OperationalError as exc:
             raise TransientSinkError(str(exc).strip() or type(exc).__name__) from exc
         except psycopg.errors.SerializationFailure as exc:
@@ -134,6 +140,14 @@ class PostgresSink:
                     for err in sub.rejected:
                         copy.write_row((sub.received_at, sub.request_id, sub.device_id, err.position,
                                         err.reason, err.raw))
+
+    @staticmethod
+    def _not_yet_written(conn: psycopg.Connection, batch: list[Submission]) -> list[Submission]:
+        ids = [s.request_id for s in batch]
+        done = {r[0] for r in conn.execute(
+            "SELECT request_id FROM telemetry_raw WHERE request_id = ANY(%(ids)s)"
+            " UNION SELECT request_id FROM telemetry_quarantine WHERE request_id = ANY(%(ids)s)", {"ids": ids})}
+        return [s for s in batch if s.request_id not in done] if done else batch
 
     def ping(self) -> None:
         try:

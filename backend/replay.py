@@ -1,0 +1,302 @@
+"""The replayer: moves spooled batches into PostgreSQL, in bounded chunks, behind live traffic.
+
+One thread per worker. While the buffer's circuit is closed (the database answers) it
+  1. seals and replays this worker's own segments, oldest first;
+  2. adopts directories of dead workers (their flock is free) and replays them, then
+     removes them.
+Each chunk (about BATCH_SIZE readings, whole records) is one transaction through the same
+idempotent insert as live writes (ON CONFLICT (device_id, metric, ts) DO NOTHING), keeps
+the original measurement times, received_at and request id, and is followed by a
+checkpoint (the byte offset after the chunk). A crash between the commit and the
+checkpoint replays that chunk again, which inserts nothing twice. Before every chunk the
+replayer lets a pending live flush go first, so a backlog never starves live ingest.
+A chunk that fails with a transient error opens the circuit; the replay resumes when the
+probe finds the database again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+
+from .sinks import Sink, Submission, TransientSinkError
+from .spool import (
+    CORRUPT_DIR,
+    Adoption,
+    Spool,
+    decode_batch,
+    encode_batch,
+    iter_spans,
+    read_checkpoint_full,
+    write_checkpoint_full,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Replayer:
+    def __init__(self, spool: Spool, buffer: Any, sink: Sink, *, chunk_rows: int = 500,
+                 scan_interval: float = 1.0, write_timeout: float | None = None) -> None:
+        self.spool = spool
+        self.buffer = buffer
+        self.sink = sink
+        self.chunk_rows = max(1, chunk_rows)
+        self.scan_interval = scan_interval
+        self.write_timeout = write_timeout or max(5.0, 2 * getattr(buffer, "write_timeout", 5.0))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy = threading.Lock()
+
+    def start(self) -> Replayer:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spool-replayer", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception as exc:  # noqa: BLE001 - never let the replayer die; retry later
+                log.exception("replayer: unexpected error")
+                self.spool.note_problem(f"replayer error: {exc}")
+                worked = False
+            if not worked:
+                if not self.buffer.sink_available():
+                    self.buffer.sink_ok.wait(self.scan_interval)
+                self._stop.wait(self.scan_interval if self.buffer.sink_available() else 0.05)
+
+    def run_once(self) -> bool:
+        """One pass over own segments and orphaned directories; True when something was replayed."""
+        with self._busy:
+            if not self.buffer.sink_available():
+                return False
+            worked = False
+            for path in self.spool.take_own_segments():
+                if self._stop.is_set() or not self._replay_segment(path, own=True):
+                    return worked
+                worked = True
+            for directory in self.spool.orphan_dirs():
+                if self._stop.is_set() or not self.buffer.sink_available():
+                    break
+                adoption = self.spool.try_adopt(directory)
+                if adoption is None:
+                    continue
+                worked = self._adopt(adoption) or worked
+            return worked
+
+    # ---- adoption ----------------------------------------------------------------------
+
+    def _adopt(self, adoption: Adoption) -> bool:
+        c = self.spool.counters
+        segments = adoption.segments()
+        log.warning("spool: adopting %s left by a dead worker (%d segments)", adoption.directory.name,
+                    len(segments))
+        c.adopted_dirs += 1
+        missing = self._missing_segments(adoption.directory, [s for s, _ in segments])
+        if missing:
+            c.missing_segments += missing
+            msg = f"{adoption.directory.name}: {missing} segment(s) missing (deleted or lost)"
+            log.error("spool: %s; replaying the rest", msg)
+            self.spool.note_problem(msg)
+            self._write_note(f"{adoption.directory.name}-missing.json",
+                             {"worker_dir": adoption.directory.name, "missing_segments": missing,
+                              "at": datetime.now(UTC).isoformat()})
+        for _seq, path in segments:
+            if self._stop.is_set() or not self._replay_segment(path, own=False):
+                adoption.release(remove=False)  # someone (maybe us) resumes from the checkpoint
+                return True
+        adoption.release(remove=True)
+        return True
+
+    @staticmethod
+    def _missing_segments(directory: Path, seqs: list[int]) -> int:
+        missing = sum(b - a - 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        # A checkpoint without its segment: the segment vanished in the middle of a replay.
+        for cp in directory.glob("seg-*.wal.done"):
+            if not (directory / cp.name[: -len(".done")]).exists():
+                missing += 1
+                cp.unlink(missing_ok=True)
+        return missing
+
+    def _write_note(self, name: str, note: dict[str, Any]) -> None:
+        aside = self.spool.root / CORRUPT_DIR
+        aside.mkdir(exist_ok=True)
+        (aside / name).write_bytes(orjson.dumps(note, option=orjson.OPT_INDENT_2))
+        self.spool._corrupt_cache = None
+
+    # ---- one segment -------------------------------------------------------------------
+
+    def _replay_segment(self, path: Path, own: bool) -> bool:
+        """Replay `path` from its checkpoint; True when it is finished (deleted or moved aside)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return True
+        start, bad_records, bad_bytes = read_checkpoint_full(path)
+        if start > len(data):
+            start = 0
+        c = self.spool.counters
+        problems: list[dict[str, Any]] = []
+        chunk: list[Submission] = []
+        chunk_rows = chunk_records = 0
+        chunk_end = start
+
+        def flush_chunk() -> bool:
+            nonlocal chunk, chunk_rows, chunk_records
+            if chunk and not self._write_chunk(chunk, chunk_rows, chunk_records):
+                return False
+            write_checkpoint_full(path, chunk_end, bad_records, bad_bytes)
+            if own:
+                self.spool.note_progress(path, chunk_rows)
+            chunk, chunk_rows, chunk_records = [], 0, 0
+            return True
+
+        for span in iter_spans(data, start):
+            subs = None
+            if span.problem is None:
+                try:
+                    subs = decode_batch(span.payload or b"")
+                except Exception as exc:  # noqa: BLE001 - an intact frame we cannot read is corrupt too
+                    span.problem = f"undecodable payload: {type(exc).__name__}: {exc}"[:200]
+            if span.problem is not None or subs is None:
+                bad_records += 1
+                bad_bytes += span.end - span.offset
+                c.corrupt_records += 1
+                c.corrupt_bytes += span.end - span.offset
+                problems.append({"offset": span.offset, "end": span.end, "problem": span.problem})
+                msg = f"{path.parent.name}/{path.name}: corrupt span at {span.offset}-{span.end} ({span.problem})"
+                log.error("spool: %s; skipped", msg)
+                self.spool.note_problem(msg)
+                chunk_end = span.end
+                continue
+            chunk.extend(subs)
+            chunk_rows += sum(len(s.readings) for s in subs)
+            chunk_records += 1
+            chunk_end = span.end
+            if chunk_rows >= self.chunk_rows and not flush_chunk():
+                return False
+            if self._stop.is_set():
+                return False
+        if not flush_chunk():
+            return False
+        if bad_records:
+            target = self.spool.move_aside(path, {
+                "segment": f"{path.parent.name}/{path.name}",
+                "size": len(data),
+                "corrupt_records": bad_records,
+                "corrupt_bytes": bad_bytes,
+                "spans": problems,
+                "at": datetime.now(UTC).isoformat(),
+                "note": "intact records of this segment were replayed; the corrupt spans could not be read",
+            })
+            log.error("spool: %s had %d corrupt span(s); intact records delivered, segment moved to %s",
+                      path.name, bad_records, target)
+        else:
+            self.spool.segment_done(path)
+        return True
+
+    def _write_chunk(self, chunk: list[Submission], rows: int, records: int) -> bool:
+        self.buffer.yield_to_live()
+        c = self.spool.counters
+        try:
+            result = self.buffer.runner.run(self.sink.write, chunk, timeout=self.write_timeout)
+        except TransientSinkError as exc:
+            c.replay_failures += 1
+            self.buffer.report_sink_failure(f"replay: {exc}")
+            return False
+        except Exception as exc:  # noqa: BLE001 - refused data: isolate it, keep the rest moving
+            log.error("replay chunk refused (%s); writing its requests one by one", exc)
+            result = None
+            for sub in chunk:
+                try:
+                    r = self.buffer.runner.run(self.sink.write, [sub], timeout=self.write_timeout)
+                except TransientSinkError as exc2:
+                    c.replay_failures += 1
+                    self.buffer.report_sink_failure(f"replay: {exc2}")
+                    return False
+                except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc2:
+                    self._dead_letter(sub, str(exc2))  # this request's data can never be stored
+                    continue
+                except Exception as exc2:  # noqa: BLE001 - schema, permissions, ...: retry later
+                    c.replay_failures += 1
+                    self.buffer.report_sink_failure(f"replay: {type(exc2).__name__}: {exc2}")
+                    return False
+                c.replay_inserted += r.inserted
+                c.replay_duplicates += r.duplicates
+        if result is not None:
+            c.replay_inserted += result.inserted
+            c.replay_duplicates += result.duplicates
+        c.replayed_records += records
+        c.replayed_readings += rows
+        c.replay_chunks += 1
+        c.last_replay_at = datetime.now(UTC)
+        return True
+
+    def _dead_letter(self, sub: Submission, error: str) -> None:
+        aside = self.spool.root / CORRUPT_DIR
+        aside.mkdir(exist_ok=True)
+        line = orjson.dumps({"error": error[:500], "at": datetime.now(UTC).isoformat(),
+                             "batch": orjson.loads(encode_batch([sub]))})
+        with open(aside / "dead-letter.jsonl", "ab") as f:
+            f.write(line + b"\n")
+        self.spool.counters.extra["dead_letter_readings"] = (
+            self.spool.counters.extra.get("dead_letter_readings", 0) + len(sub.readings))
+        log.error("spool: request %s refused by the database (%s); kept in corrupt/dead-letter.jsonl",
+                  sub.request_id, error[:200])
+
+
+def wait_until_drained(spool: Spool, timeout: float) -> bool:
+    """Test/ops helper: True once no segment is left in any worker directory."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if spool.usage()["segments"] == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+DISABLED = {"off", "none", "disabled", "false", "0", "-"}
+
+
+def spool_root(cfg: Any) -> Path | None:
+    """SPOOL_DIR, else DATA_DIR/spool; None when the spool is switched off."""
+    if (cfg.spool_dir or "").strip().lower() in DISABLED or cfg.spool_max_bytes <= 0:
+        return None
+    return Path(cfg.spool_dir or Path(cfg.data_dir) / "spool").resolve()
+
+
+def setup_spool(buffer: Any, cfg: Any, pool: Any) -> Spool | None:
+    """Give the buffer its spool and replayer (started with the buffer); None when off or unusable."""
+    from . import faults
+    from .sinks.postgres import PostgresSink
+
+    root = spool_root(cfg)
+    faults.configure(cfg.fault_point, cfg.testing, root or Path(cfg.data_dir))
+    if root is None:
+        log.warning("spool disabled: while the database is unreachable ingest answers 503")
+        return None
+    try:
+        spool = Spool(root, max_bytes=cfg.spool_max_bytes, min_free_bytes=cfg.spool_min_free_bytes).open()
+    except OSError as exc:
+        log.error("spool at %s unusable (%s): running without it; ingest answers 503 while the"
+                  " database is unreachable", root, exc)
+        return None
+    sink = PostgresSink(pool, store_raw=cfg.store_raw_payload, replay=True)
+    if faults.armed("after_commit"):
+        sink.after_commit_hook = lambda batch: faults.hit("after_commit")
+    buffer.spool = spool
+    buffer.replayer = Replayer(spool, buffer, sink, chunk_rows=cfg.batch_size)
+    return spool
