@@ -223,9 +223,17 @@ def test_address_bases_and_modicon_notation():
     assert parse_address("00001", 0, None) == (Table.COIL, 0)
     assert parse_address("10002", 0, None) == (Table.DISCRETE, 1)
     assert parse_address("465536", 0, None) == (Table.HOLDING, 65535)
-    for bad in [(0, 1, Table.HOLDING), ("40001", 0, Table.INPUT), ("123", 0, None), ("40000", 0, None),
-                (5, 2, Table.HOLDING), (65536, 0, Table.HOLDING), (3, 0, None), ("20001", 0, None),
-                (True, 0, Table.HOLDING)]:
+    for bad in [
+        (0, 1, Table.HOLDING),
+        ("40001", 0, Table.INPUT),
+        ("123", 0, None),
+        ("40000", 0, None),
+        (5, 2, Table.HOLDING),
+        (65536, 0, Table.HOLDING),
+        (3, 0, None),
+        ("20001", 0, None),
+        (True, 0, Table.HOLDING),
+    ]:
         with pytest.raises((ValueError, TypeError)):
             parse_address(*bad)
 
@@ -260,7 +268,9 @@ def register_maps(draw):
     entries = []
     for names in range(1, draw(st.integers(1, 40)) + 1):
         table = draw(st.sampled_from(list(Table)))
-        dtype = DataType.BOOL if table.is_bit else draw(st.sampled_from([t for t in DataType if t is not DataType.BOOL]))
+        dtype = (
+            DataType.BOOL if table.is_bit else draw(st.sampled_from([t for t in DataType if t is not DataType.BOOL]))
+        )
         address = draw(st.integers(0, 0xFFFF - dtype.words + 1))
         entries.append(RegisterEntry(f"m{names}", table, address, dtype))
     return entries
@@ -307,7 +317,9 @@ def test_plan_then_decode_round_trip(entries):
             raw = decode_raw(span, entry.dtype, entry.order)
             expected[entry.name] = shortest_float32(raw) if entry.dtype is DataType.FLOAT32 else raw
     for block in plan_reads(entries):
-        data = [memory.get((block.table, a), False if block.table.is_bit else 0) for a in range(block.address, block.end)]
+        data = [
+            memory.get((block.table, a), False if block.table.is_bit else 0) for a in range(block.address, block.end)
+        ]
         readings, errors = decode_block(block, data)
         assert not errors
         for name, value in readings.items():

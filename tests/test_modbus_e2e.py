@@ -147,9 +147,11 @@ backoff_max = 0.5
             live_server.stop()
             inlet.set_nivus(33.5, 4300.0, 15.0, 0x0000, order=WordOrder.CDAB)
             during = wait_for(
-                lambda: [r for r in queued(queue_path) if r["device_id"] == "nivus-inlet" and r.get("flow_rate") == 33.5]
-                if len([r for r in queued(queue_path) if r.get("flow_rate") == 33.5]) >= 5
-                else None
+                lambda: (
+                    [r for r in queued(queue_path) if r["device_id"] == "nivus-inlet" and r.get("flow_rate") == 33.5]
+                    if len([r for r in queued(queue_path) if r.get("flow_rate") == 33.5]) >= 5
+                    else None
+                )
             )
             # ... and arrive once it is back, in full.
             live_server.start()

@@ -70,8 +70,9 @@ class RecordingApi:
                 records = json.loads(body)
                 status, headers, answer = api.respond(records)
                 with api.lock:
-                    api.requests.append({"path": self.path, "headers": dict(self.headers), "records": records,
-                                         "status": status})
+                    api.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "records": records, "status": status}
+                    )
                     if 200 <= status < 300:
                         api.accepted.extend(records)
                 data = json.dumps(answer).encode()
@@ -110,8 +111,10 @@ def api() -> Iterator[RecordingApi]:
 
 
 def records(start: int, n: int, device: str = "nivus-1") -> list[dict[str, Any]]:
-    return [{"device_id": device, "ts": f"2026-01-01T00:00:{i % 60:02d}.{i:03d}+00:00", "seq": i, "flow_rate": i * 0.5}
-            for i in range(start, start + n)]
+    return [
+        {"device_id": device, "ts": f"2026-01-01T00:00:{i % 60:02d}.{i:03d}+00:00", "seq": i, "flow_rate": i * 0.5}
+        for i in range(start, start + n)
+    ]
 
 
 def make_forwarder(queue: DiskQueue, api: RecordingApi, **kw: Any) -> Forwarder:
@@ -225,8 +228,11 @@ def test_retry_after_is_honoured_and_capped(tmp_path: Path, api: RecordingApi):
 
 
 def test_rejected_items_of_an_accepted_batch_are_kept_as_dead_letters(tmp_path: Path, api: RecordingApi):
-    api.respond = lambda recs: (200, {}, {"success": True, "accepted": len(recs) - 1,
-                                          "rejected": [{"position": 1, "reason": "timestamp: before 2000"}]})
+    api.respond = lambda recs: (
+        200,
+        {},
+        {"success": True, "accepted": len(recs) - 1, "rejected": [{"position": 1, "reason": "timestamp: before 2000"}]},
+    )
     queue = DiskQueue(tmp_path / "q.sqlite3")
     fwd = make_forwarder(queue, api)
     fwd.submit(records(0, 3))

@@ -179,8 +179,15 @@ def test_every_table_type_and_address_notation():
         {"name": "offset_i32", "address": 4, "type": "int32", "order": "BADC"},
         {"name": "pi", "address": "400006", "type": "float64", "order": "DCBA"},
         {"name": "level_mm", "address": "30021", "type": "uint16", "scale": 0.1, "offset": -50},
-        {"name": "alarms", "table": "input", "address": 41, "type": "uint16", "order": "BADC",
-         "bits": {"1": "alarm_high", "2": "alarm_low", "3": "alarm_dry"}, "emit_value": False},
+        {
+            "name": "alarms",
+            "table": "input",
+            "address": 41,
+            "type": "uint16",
+            "order": "BADC",
+            "bits": {"1": "alarm_high", "2": "alarm_low", "3": "alarm_dry"},
+            "emit_value": False,
+        },
         {"name": "pump_on", "table": "coil", "address": 4},
         {"name": "valve_open", "table": "coil", "address": 5},
         {"name": "door", "address": "10018"},
@@ -233,8 +240,10 @@ def test_device_refusing_reads_across_holes_gets_gapless_requests():
     dev.set_nivus(5.5, 6.5, 7.5, 3)
     dev.invalid = {(Table.HOLDING, 7)}  # an unmapped register inside the coalesced read
     with SimServer([dev], port=port):
-        config = config_for({"transport": "tcp", "host": "127.0.0.1", "port": port},
-                            [{"id": "n", "connection": "c1", "unit": 1, "map": "nivus"}])
+        config = config_for(
+            {"transport": "tcp", "host": "127.0.0.1", "port": port},
+            [{"id": "n", "connection": "c1", "unit": 1, "map": "nivus"}],
+        )
         (record,) = poll_once(config)
     assert record["modbus_ok"] == 1 and record["flow_rate"] == 5.5 and record["status"] == 3
     assert dev.requests == [(Table.HOLDING, 0, 11), (Table.HOLDING, 0, 6), (Table.HOLDING, 10, 1)]
@@ -242,8 +251,10 @@ def test_device_refusing_reads_across_holes_gets_gapless_requests():
 
 def test_cannot_connect_is_a_health_record():
     port = free_port()  # nothing listens here
-    config = config_for({"transport": "tcp", "host": "127.0.0.1", "port": port},
-                        [{"id": "n", "connection": "c1", "unit": 1, "map": "nivus"}])
+    config = config_for(
+        {"transport": "tcp", "host": "127.0.0.1", "port": port},
+        [{"id": "n", "connection": "c1", "unit": 1, "map": "nivus"}],
+    )
     (record,) = poll_once(config)
     assert record["modbus_ok"] == 0 and "cannot connect" in record["modbus_error"]
 
@@ -259,8 +270,9 @@ class Collector:
 
     def of(self, device_id: str, **match: Any) -> list[dict[str, Any]]:
         with self.lock:
-            return [r for r in self.records if r["device_id"] == device_id
-                    and all(r.get(k) == v for k, v in match.items())]
+            return [
+                r for r in self.records if r["device_id"] == device_id and all(r.get(k) == v for k, v in match.items())
+            ]
 
 
 def test_server_taken_away_and_back_recovers_while_another_device_keeps_polling():
@@ -270,8 +282,15 @@ def test_server_taken_away_and_back_recovers_while_another_device_keeps_polling(
     dev_b.set_nivus(2.5, 0.0, 20.0, 0)
     doc = {
         "connections": {
-            "a": {"transport": "tcp", "host": "127.0.0.1", "port": port_a, "timeout": 0.3, "retries": 0,
-                  "reconnect_min": 0.05, "reconnect_max": 0.3},
+            "a": {
+                "transport": "tcp",
+                "host": "127.0.0.1",
+                "port": port_a,
+                "timeout": 0.3,
+                "retries": 0,
+                "reconnect_min": 0.05,
+                "reconnect_max": 0.3,
+            },
             "b": {"transport": "tcp", "host": "127.0.0.1", "port": port_b, "timeout": 0.3, "retries": 0},
         },
         "devices": [
@@ -293,8 +312,10 @@ def test_server_taken_away_and_back_recovers_while_another_device_keeps_polling(
         # dev-b keeps delivering while dev-a's link is gone, and dev-a reports why.
         wait_for(lambda: len(sink.of("dev-b", modbus_ok=1)) >= b_before + 10)
         wait_for(lambda: len(sink.of("dev-a", modbus_ok=0)) >= 3)
-        assert any("cannot connect" in r["modbus_error"] or "link down" in r["modbus_error"]
-                   for r in sink.of("dev-a", modbus_ok=0))
+        assert any(
+            "cannot connect" in r["modbus_error"] or "link down" in r["modbus_error"]
+            for r in sink.of("dev-a", modbus_ok=0)
+        )
         dev_a.set_nivus(3.25, 0.0, 10.0, 0)
         server_a = SimServer([dev_a], port=port_a).start()
         recovered = wait_for(lambda: sink.of("dev-a", flow_rate=3.25))
@@ -313,12 +334,12 @@ def test_silent_device_does_not_starve_its_bus_neighbour(socat_pair):
     quiet.set_nivus(6.5, 0.0, 0.0, 0)
     quiet.silent = True
     doc = {
-        "connections": {"bus": {"transport": "rtu", "serial_port": socat_pair.b, "baudrate": 115200,
-                                "timeout": 0.15, "retries": 0}},
+        "connections": {
+            "bus": {"transport": "rtu", "serial_port": socat_pair.b, "baudrate": 115200, "timeout": 0.15, "retries": 0}
+        },
         "devices": [
             {"id": "loud", "connection": "bus", "unit": 1, "map": "nivus", "poll_period": 0.05},
-            {"id": "quiet", "connection": "bus", "unit": 2, "map": "nivus", "poll_period": 0.05,
-             "backoff_max": 0.8},
+            {"id": "quiet", "connection": "bus", "unit": 2, "map": "nivus", "poll_period": 0.05, "backoff_max": 0.8},
         ],
     }
     config = parse_config(doc, ".", env={}, require_api=False)
@@ -342,8 +363,17 @@ def test_serial_adapter_unplugged_and_back(socat_pair_factory):
     dev = SimulatedDevice(1)
     dev.set_nivus(8.5, 0.0, 0.0, 0)
     doc = {
-        "connections": {"bus": {"transport": "rtu", "serial_port": pair.b, "baudrate": 115200, "timeout": 0.2,
-                                "retries": 0, "reconnect_min": 0.05, "reconnect_max": 0.2}},
+        "connections": {
+            "bus": {
+                "transport": "rtu",
+                "serial_port": pair.b,
+                "baudrate": 115200,
+                "timeout": 0.2,
+                "retries": 0,
+                "reconnect_min": 0.05,
+                "reconnect_max": 0.2,
+            }
+        },
         "devices": [{"id": "n", "connection": "bus", "unit": 1, "map": "nivus", "poll_period": 0.05}],
     }
     config = parse_config(doc, ".", env={}, require_api=False)
@@ -355,8 +385,12 @@ def test_serial_adapter_unplugged_and_back(socat_pair_factory):
         wait_for(lambda: sink.of("n", flow_rate=8.5))
         server.stop()
         pair.stop()  # the pty vanishes like an unplugged USB adapter
-        wait_for(lambda: any("link down" in r.get("modbus_error", "") or "cannot connect" in r.get("modbus_error", "")
-                             for r in sink.of("n", modbus_ok=0)))
+        wait_for(
+            lambda: any(
+                "link down" in r.get("modbus_error", "") or "cannot connect" in r.get("modbus_error", "")
+                for r in sink.of("n", modbus_ok=0)
+            )
+        )
         pair.start()
         dev.set_nivus(9.5, 0.0, 0.0, 0)
         server = SimServer([dev], serial_port=pair.a, baudrate=115200).start()
@@ -399,8 +433,16 @@ def test_config_errors_say_where(mutation, message):
     doc = {
         "api": {"url": "http://127.0.0.1:1", "api_key": "k"},
         "connections": {"c1": {"transport": "tcp", "host": "127.0.0.1"}},
-        "devices": [{"id": "d1", "connection": "c1", "unit": 1, "address_base": 1, "map": "nivus",
-                     "registers": [{"name": "level", "address": 21, "type": "float32", "order": "CDAB"}]}],
+        "devices": [
+            {
+                "id": "d1",
+                "connection": "c1",
+                "unit": 1,
+                "address_base": 1,
+                "map": "nivus",
+                "registers": [{"name": "level", "address": 21, "type": "float32", "order": "CDAB"}],
+            }
+        ],
     }
     mutation(doc)
     with pytest.raises(ConfigError) as info:
@@ -411,9 +453,18 @@ def test_config_errors_say_where(mutation, message):
 def test_config_register_overrides_builtin_entry():
     doc = {
         "connections": {"c1": {"transport": "tcp", "host": "h"}},
-        "devices": [{"id": "d1", "connection": "c1", "map": "nivus", "map_table": "input", "order": "CDAB",
-                     "registers": [{"name": "status", "table": "input", "address": 10,
-                                    "bits": {"0": "s_fault", "5": "s_dry"}}]}],
+        "devices": [
+            {
+                "id": "d1",
+                "connection": "c1",
+                "map": "nivus",
+                "map_table": "input",
+                "order": "CDAB",
+                "registers": [
+                    {"name": "status", "table": "input", "address": 10, "bits": {"0": "s_fault", "5": "s_dry"}}
+                ],
+            }
+        ],
     }
     config = parse_config(doc, ".", env={}, require_api=False)
     entries = {e.name: e for e in config.devices[0].registers}

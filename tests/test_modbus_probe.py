@@ -26,8 +26,9 @@ def free_port() -> int:
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLUXIO_API_KEY": "k"}
-    return subprocess.run([sys.executable, "-m", "backend.modbus", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "backend.modbus", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
 
 
 def rows_for(text: str, address: int) -> dict[str, str]:
@@ -92,7 +93,9 @@ def test_check_prints_the_plan_and_rejects_bad_configs(tmp_path: Path):
     assert ok.returncode == 0, ok.stderr
     assert "read holding 0 count 11: flow_rate, totalizer, temperature, status" in ok.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text('[connections.x]\ntransport = "tcp"\nhost = "h"\n[[devices]]\nid = "d"\nconnection = "x"\n'
-                   'map = "nivus"\norder = "ACBD"\n')
+    bad.write_text(
+        '[connections.x]\ntransport = "tcp"\nhost = "h"\n[[devices]]\nid = "d"\nconnection = "x"\n'
+        'map = "nivus"\norder = "ACBD"\n'
+    )
     result = cli("check", "--config", str(bad))
     assert result.returncode == 2 and "devices[0].order" in result.stderr

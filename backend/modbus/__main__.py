@@ -1,11 +1,11 @@
 """Command line: `python -m backend.modbus {run,probe,check,queue} ...`.
 
-  run    --config FILE [--once] [--stdout]   poll and forward until SIGTERM/SIGINT
-  probe  (--config FILE --device ID | --tcp H[:P] | --rtu-over-tcp H[:P] | --serial DEV)
-         --address A --count N [--table holding] [--unit 1]
-  check  --config FILE                       validate the config, print the read plan
-  queue  --config FILE [--show-dead N] [--requeue-dead]
-  simulate [--listen H:P | --serial DEV] [--order CDAB]   fake Nivus devices for trying it out
+run    --config FILE [--once] [--stdout]   poll and forward until SIGTERM/SIGINT
+probe  (--config FILE --device ID | --tcp H[:P] | --rtu-over-tcp H[:P] | --serial DEV)
+       --address A --count N [--table holding] [--unit 1]
+check  --config FILE                       validate the config, print the read plan
+queue  --config FILE [--show-dead N] [--requeue-dead]
+simulate [--listen H:P | --serial DEV] [--order CDAB]   fake Nivus devices for trying it out
 """
 
 from __future__ import annotations
@@ -169,9 +169,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= limit or address + args.count - 1 > 0xFFFF:
         print(f"--count must be 1..{limit} and stay within the address space", file=sys.stderr)
         return 2
-    code, text = probe(
-        conn, make_client(conn), table, address, args.count, unit or 1, args.address_base, args.sliding
-    )
+    code, text = probe(conn, make_client(conn), table, address, args.count, unit or 1, args.address_base, args.sliding)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
 

@@ -336,22 +336,21 @@ def _device(index: int, data: Any, connections: Mapping[str, ConnectionConfig]) 
     regs_raw = s._get("registers", [])
     if not isinstance(regs_raw, list):
         raise s.err("registers", "expected [[devices.registers]] entries")
-    own = [
-        _register(r, f"{where}.registers[{i}]", address_base, order, default_table)
-        for i, r in enumerate(regs_raw)
-    ]
+    own = [_register(r, f"{where}.registers[{i}]", address_base, order, default_table) for i, r in enumerate(regs_raw)]
     names = [e.name for e in own]
     if len(set(names)) != len(names):
         raise s.err("registers", "two entries have the same name")
     entries = merge_entries(base, own)
     if not entries:
-        raise ConfigError(f"{where}: no registers (set map = \"nivus\" or add [[devices.registers]])")
+        raise ConfigError(f'{where}: no registers (set map = "nivus" or add [[devices.registers]])')
     metrics: list[str] = []
     for e in entries:
         metrics.extend(e.metric_names)
     for metric in metrics:
         if not NAME_RE.match(metric):
-            raise ConfigError(f"{where}: metric name {metric!r}: use 1-64 characters from A-Z a-z 0-9 _ . - (not starting with a digit)")
+            raise ConfigError(
+                f"{where}: metric name {metric!r}: use 1-64 characters from A-Z a-z 0-9 _ . - (not starting with a digit)"
+            )
         if metric in HEALTH_METRICS or metric in ("device_id", "ts", "timestamp", "time", "device"):
             raise ConfigError(f"{where}: metric name {metric!r} is reserved")
     dupes = sorted({m for m in metrics if metrics.count(m) > 1})
@@ -374,7 +373,13 @@ def _device(index: int, data: Any, connections: Mapping[str, ConnectionConfig]) 
     return device
 
 
-def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".", env: Mapping[str, str] | None = None, *, require_api: bool = True) -> Config:
+def parse_config(
+    data: Mapping[str, Any],
+    base_dir: Path | str = ".",
+    env: Mapping[str, str] | None = None,
+    *,
+    require_api: bool = True,
+) -> Config:
     """Validate an already-parsed TOML document."""
     env = os.environ if env is None else env
     top = _Section(data, "config")
@@ -401,7 +406,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".", env: Mappi
     return Config(api=api, queue=queue, connections=connections, devices=devices)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, require_api: bool = True) -> Config:
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, require_api: bool = True
+) -> Config:
     """Read and validate a TOML file."""
     p = Path(path)
     try:

@@ -303,8 +303,7 @@ class Forwarder:
             return self._retry(status, text, response.headers.get("Retry-After"))
         if status in CONFIG_PROBLEM:
             log.error(
-                "ingest API answered %d for %s - check api_key / url; %d record(s) stay queued,"
-                " retrying in %.0fs: %s",
+                "ingest API answered %d for %s - check api_key / url; %d record(s) stay queued, retrying in %.0fs: %s",
                 status,
                 self.endpoint,
                 len(self.queue),
@@ -323,7 +322,12 @@ class Forwarder:
         self.queue.dead_letter(batch, status, text)
         self._split_end = None
         self._limit = self.batch_size
-        log.error("ingest API rejected a record with %d, moved to dead letters: %s | %s", status, text[:200], batch[0].payload[:200])
+        log.error(
+            "ingest API rejected a record with %d, moved to dead letters: %s | %s",
+            status,
+            text[:200],
+            batch[0].payload[:200],
+        )
         return SendOutcome("dead", 1, status, 0.0, text)
 
     def _retry(self, status: int | None, text: str, retry_after: str | None) -> SendOutcome:
@@ -359,7 +363,9 @@ class Forwarder:
                 copies.append((batch[position], reason))
         for record, reason in copies:
             self.queue.dead_letter([record], response.status_code, reason, remove=False)
-        log.error("ingest API accepted the batch but rejected %d record(s): %s", len(rejected), json.dumps(rejected)[:300])
+        log.error(
+            "ingest API accepted the batch but rejected %d record(s): %s", len(rejected), json.dumps(rejected)[:300]
+        )
 
     # -- the loop ---------------------------------------------------------------------
 

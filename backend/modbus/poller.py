@@ -56,9 +56,7 @@ def make_client(conn: ConnectionConfig) -> ModbusBaseSyncClient:
             name=conn.name,
         )
     framer = FramerType.RTU if conn.transport == "rtu_over_tcp" else FramerType.SOCKET
-    return ModbusTcpClient(
-        conn.host, port=conn.port, framer=framer, timeout=conn.timeout, retries=0, name=conn.name
-    )
+    return ModbusTcpClient(conn.host, port=conn.port, framer=framer, timeout=conn.timeout, retries=0, name=conn.name)
 
 
 def iso_ts(ts: datetime) -> str:
@@ -295,7 +293,9 @@ class ConnectionWorker:
                     log.warning("%s: %s", self.conn.name, "; ".join(result.errors))
                     self._close_client()
                     link_failures += 1
-                    due[key] = time.monotonic() + _backoff(self.conn.reconnect_min, self.conn.reconnect_max, link_failures)
+                    due[key] = time.monotonic() + _backoff(
+                        self.conn.reconnect_min, self.conn.reconnect_max, link_failures
+                    )
                     continue
                 if result.answered:
                     if device_failures[key]:
@@ -313,7 +313,11 @@ class ConnectionWorker:
                     silent_polls += 1
                     # A silent device costs timeout x retries of bus time per poll, which
                     # on a shared RS485 line delays its neighbours: poll it less often.
-                    delay = _backoff(poller.device.poll_period, max(poller.device.backoff_max, poller.device.poll_period), device_failures[key])
+                    delay = _backoff(
+                        poller.device.poll_period,
+                        max(poller.device.backoff_max, poller.device.poll_period),
+                        device_failures[key],
+                    )
                     if device_failures[key] == 1:
                         log.warning("%s: no answer (%s)", poller.device.device_id, "; ".join(result.errors))
                     due[key] = start + delay
@@ -370,7 +374,9 @@ def poll_once(config: Config, *, client_factory: ClientFactory = make_client) ->
             for device in devices:
                 ts = datetime.now(UTC)
                 if not connected:
-                    records.append(PollResult(device.device_id, ts, errors=[f"cannot connect to {conn.describe()}"]).to_record())
+                    records.append(
+                        PollResult(device.device_id, ts, errors=[f"cannot connect to {conn.describe()}"]).to_record()
+                    )
                     continue
                 records.append(DevicePoller(device).poll(client, ts).to_record())
         finally:

@@ -74,9 +74,7 @@ def format_probe(
         return "\n".join(lines)
     lines.append("")
     step = 1 if sliding else 2
-    lines.append(
-        f"32-bit values from register pairs{' at every offset' if sliding else ''} ('*' = plausible float):"
-    )
+    lines.append(f"32-bit values from register pairs{' at every offset' if sliding else ''} ('*' = plausible float):")
     lines.append(f"  {label:>13}  order  {'float32':>15}  {'int32':>11}  {'uint32':>10}")
     for i in range(0, len(values) - 1, step):
         table_ = decode_all_orders([int(values[i]), int(values[i + 1])])
