@@ -77,7 +77,7 @@ def install_limiter(app: Flask, cfg: Any) -> Limiter | None:
         try:
             current = limiter.current_limit
             if current is not None:
-                retry_after = max(1, math.ceil(current.reset_at - time.time()))
+                retry_after = max(1, math.ceil(current.window[0] - time.time()))  # window: (reset, remaining)
         except Exception:  # noqa: BLE001 - the storage may be gone; 1 s is a safe hint
             pass
         return error_response(429, f"rate limit exceeded ({exc.description}); retry after {retry_after} s",

@@ -82,7 +82,7 @@ def test_unknown_expired_and_revoked_keys_get_the_same_401(app, client, db):
     assert listed == {live_id: "active", expired_id: "expired", revoked_id: "revoked"}
 
 
-def test_scopes(client, db):
+def test_scopes(app, client, db):
     ingest, _ = new_key(client, ["ingest"])
     read, _ = new_key(client, ["read"])
     admin, _ = new_key(client, ["admin"])
@@ -99,7 +99,9 @@ def test_scopes(client, db):
     assert client.get("/telemetry/query", headers=bearer(admin)).status_code == 200
     assert client.post("/telemetry/batch/flush", headers=bearer(admin)).status_code == 200
     # X-API-Key works as well as Authorization: Bearer
-    assert post_line(client, "roll:4", {"X-API-Key": ingest}, device="n3").status_code == 200
+    bare = app.test_client()  # `client` sends the admin key in Authorization, which wins over X-API-Key
+    assert post_line(bare, "roll:4", {"X-API-Key": ingest}, device="n3").status_code == 200
+    assert bare.get("/telemetry/query", headers={"X-API-Key": ingest}).status_code == 403
     assert count(db, "telemetry_readings") == 3
 
 
@@ -109,7 +111,7 @@ def test_env_admin_key_via_x_api_key(app):
     assert c.get("/api/keys", headers={"X-API-Key": "test-admin-kez"}).status_code == 401
 
 
-def test_device_bound_key_may_not_write_another_device(client, db):
+def test_device_bound_key_may_not_write_another_device(app, client, db):
     key, _ = new_key(client, ["ingest"], devices=["n1", "n2"])
     fields_before = count(db, "telemetry_fields")
     r = post_line(client, "brand_new_metric:1", bearer(key), device="n3")
@@ -123,8 +125,11 @@ def test_device_bound_key_may_not_write_another_device(client, db):
         assert count(db, table) == 0, table
     assert count(db, "telemetry_fields") == fields_before  # the refused metric name was not registered
     assert post_line(client, "roll:1", bearer(key), device="n1").status_code == 200
-    r = client.post("/api/ingest", json=[{"device_id": "n2", "flow_rate": 1.5}], headers={"x-api-key": key})
+    bare = app.test_client()
+    r = bare.post("/api/ingest", json=[{"device_id": "n2", "flow_rate": 1.5}], headers={"x-api-key": key})
     assert r.status_code == 200, r.get_json()
+    r = bare.post("/api/ingest", json={"device_id": "n4", "flow_rate": 1.5}, headers={"x-api-key": key})
+    assert r.status_code == 403
     assert count(db, "telemetry_readings") == 2
 
 
