@@ -285,7 +285,13 @@ class ConnectionWorker:
                     log.info("%s: connected after %d failed attempt(s)", self.conn.name, link_failures)
                     link_failures = 0
                 start = time.monotonic()
-                result = poller.poll(self.client, datetime.now(UTC))  # type: ignore[arg-type]
+                ts = datetime.now(UTC)
+                try:
+                    result = poller.poll(self.client, ts)  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 - one odd reply must not end this thread
+                    log.exception("%s: unexpected error while polling", poller.device.device_id)
+                    result = PollResult(poller.device.device_id, ts, errors=[f"internal error: {_short(exc)}"])
+                    result.link_down = True  # start from a fresh connection
                 self.polls += 1
                 self._emit([result.to_record()])
                 key = id(poller)
