@@ -190,3 +190,66 @@ def test_wrong_api_key_keeps_readings_queued_until_the_key_is_fixed(live_server,
     )
     assert rows == [("flow_rate", 1.25), ("modbus_ok", 1.0)]
     queue.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+def test_all_four_word_orders_land_exactly_in_postgres(live_server, tmp_path: Path, transport: str):
+    """Four transmitters, one per word order, polled once by the real CLI over TCP or over
+    RTU on a virtual serial pair, delivered through the ingest API into PostgreSQL."""
+    import shutil
+
+    from backend.modbus.registers import shortest_float32
+    from tests.test_modbus_poller import NIVUS_VALUES, SocatPair
+
+    orders = list(WordOrder)
+    sims = []
+    for unit, order in enumerate(orders, start=1):
+        sim = SimulatedDevice(unit)
+        sim.set_nivus(*NIVUS_VALUES[order], order=order)
+        sims.append(sim)
+    pair = None
+    if transport == "rtu":
+        if shutil.which("socat") is None:
+            pytest.skip("socat is not installed (apt-get install socat): no virtual serial pair for RTU")
+        pair = SocatPair(tmp_path).start()
+        server = SimServer(sims, serial_port=pair.a, baudrate=115200)
+        connection = f'transport = "rtu"\nserial_port = "{pair.b}"\nbaudrate = 115200'
+    else:
+        port = free_port()
+        server = SimServer(sims, port=port)
+        connection = f'transport = "tcp"\nhost = "127.0.0.1"\nport = {port}'
+    devices = "".join(
+        f'\n[[devices]]\nid = "nivus-{o.value}"\nconnection = "c1"\nunit = {u}\nmap = "nivus"\norder = "{o.value}"\n'
+        for u, o in enumerate(orders, start=1))
+    config = tmp_path / "poller.toml"
+    config.write_text(f"""
+[api]
+url = "{live_server.url}"
+api_key = "{live_server.api_key}"
+path = "/api/ingest"
+
+[queue]
+path = "queue.sqlite3"
+
+[connections.c1]
+{connection}
+timeout = 1.0
+retries = 1
+{devices}""")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with server:
+        try:
+            done = subprocess.run([sys.executable, "-m", "backend.modbus", "run", "--once", "--config", str(config)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+        finally:
+            if pair is not None:
+                pair.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    for order in orders:
+        flow, total, temp, status = NIVUS_VALUES[order]
+        got = dict(live_server.query(
+            "SELECT metric, value FROM telemetry_readings WHERE device_id = %s", f"nivus-{order.value}"))
+        assert got["flow_rate"] == shortest_float32(flow), order
+        assert got["totalizer"] == shortest_float32(total), order
+        assert got["temperature"] == shortest_float32(temp), order
+        assert got["status"] == status and got["modbus_ok"] == 1.0, order
