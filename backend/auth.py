@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool, PoolClosed
 
 from .api.responses import error_response
 from .keys import hash_key
+from .ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,10 @@ class KeyStore:
     """Per-worker key cache, refreshed from PostgreSQL by one background thread."""
 
     def __init__(self, pool: ConnectionPool, admin_key: str = "", sync_interval: float = 1.0,
-                 full_reload_s: float = 60.0) -> None:
+                 full_reload_s: float = 60.0, available: Callable[[], bool] | None = None) -> None:
         self.pool = pool
+        # False while the write path knows the database is down: answer at once, do not wait.
+        self.available = available or (lambda: True)
         self.sync_interval = sync_interval
         self.full_reload_s = full_reload_s
         self._admin_hash = hash_key(admin_key) if admin_key else None
@@ -125,6 +128,8 @@ class KeyStore:
             self._pending_touch[ident.key_id] = datetime.now(UTC)
 
     def _fetch(self, digest: str) -> Identity | None:
+        if not self.available():
+            raise AuthUnavailable("database known to be unreachable")
         try:
             with self.pool.connection(timeout=2.0) as conn:
                 row = conn.execute(
@@ -233,7 +238,7 @@ def presented_key(req: Any = None) -> str | None:
 def current_identity() -> tuple[Identity | None, str]:
     """(identity, status) for this request; status: ok, missing, invalid, unavailable.
 
-    Computed once per request (the rate limiter asks before the auth check runs).
+    Computed once per request.
     """
     cached = g.get("_fleet_identity")
     if cached is not None:
@@ -266,34 +271,50 @@ def required_scope(app: Flask, endpoint: str, method: str) -> str:
     return "read" if method in ("GET", "HEAD") else "admin"
 
 
-def install_auth(app: Flask, svc: Any) -> KeyStore:
+def install_auth(app: Flask, svc: Any, limits: RateLimits | None = None) -> KeyStore:
+    """Check every request's key and scope, and count it against its rate limit.
+
+    Order: a request with a valid key is counted against that key's budget (ADMIN_API_KEY:
+    not counted), then its scope is checked; a request without a valid key is counted
+    against its IP address's budget, then refused (401) unless the endpoint is public.
+    """
     cfg = svc.config
-    store = KeyStore(svc.pool, cfg.admin_api_key)
+    store = KeyStore(svc.pool, cfg.admin_api_key, available=getattr(svc.buffer, "sink_available", None))
     app.extensions["fleet_keys"] = store
     if cfg.admin_api_key and len(cfg.admin_api_key) < 32 and not cfg.testing:
         log.warning("ADMIN_API_KEY is shorter than 32 characters; use `python -m backend keys create`"
                     " style keys (256 random bits)")
     if cfg.auth_required and not cfg.admin_api_key:
         log.info("no ADMIN_API_KEY: create keys with `python -m backend keys create`")
+    if limits is not None and not limits.enabled:
+        limits = None
 
     @app.before_request
     def _authenticate() -> Response | None:
-        if request.method == "OPTIONS" or request.endpoint is None:
-            return None  # CORS preflight; 404/405 answer on their own
-        scope = required_scope(app, request.endpoint, request.method)
-        if scope == PUBLIC:
-            return None
-        if not cfg.auth_required:
-            g._fleet_identity = (OPEN, "ok")
-            return None
+        if request.method == "OPTIONS":
+            return None  # CORS preflight
+        endpoint = request.endpoint
+        scope = PUBLIC if endpoint is None else required_scope(app, endpoint, request.method)
+        if scope == PUBLIC or not cfg.auth_required:
+            # Public endpoints, 404/405, or auth switched off: counted per IP only.
+            if scope != PUBLIC:
+                g._fleet_identity = (OPEN, "ok")
+            return limits.check_ip(request.remote_addr) if limits is not None else None
         ident, status = current_identity()
-        if status == "unavailable":
-            return error_response(503, "cannot check the API key right now (database unreachable); retry later",
-                                  retry_after=5)
         if ident is None:
+            limited = limits.check_ip(request.remote_addr) if limits is not None else None
+            if limited is not None:
+                return limited
+            if status == "unavailable":
+                return error_response(503, "cannot check the API key right now (database unreachable);"
+                                      " retry later", retry_after=5)
             resp = error_response(401, UNAUTHORIZED)
             resp.headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
             return resp
+        if limits is not None and not ident.master:
+            limited = limits.check_key(ident.key_id)
+            if limited is not None:
+                return limited
         if not ident.allows(scope):
             return error_response(403, f"this API key does not have the {scope!r} scope")
         store.touch(ident)

@@ -61,7 +61,7 @@ class Config:
     admin_api_key: str = ""
     auth_required: bool = True
     rate_limit_default: str = "6000/minute"
-    rate_limit_ip: str = "60000/minute"
+    rate_limit_ip: str = "12000/minute"
     redis_url: str = ""
     cors_origins: list[str] = field(default_factory=list)
     # Proxies in front of us (nginx: 1) whose X-Forwarded-For is trusted for the client IP.
@@ -118,7 +118,7 @@ class Config:
             admin_api_key=g("ADMIN_API_KEY", ""),
             auth_required=_bool(g("AUTH_REQUIRED"), True),
             rate_limit_default=g("RATE_LIMIT_DEFAULT", "6000/minute"),
-            rate_limit_ip=g("RATE_LIMIT_IP", "60000/minute"),
+            rate_limit_ip=g("RATE_LIMIT_IP", "12000/minute"),
             redis_url=g("REDIS_URL", ""),
             cors_origins=_list(g("CORS_ORIGINS")),
             proxy_fix_hops=_int(g("PROXY_FIX_HOPS"), 0),

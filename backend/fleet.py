@@ -13,7 +13,7 @@ def install_fleet(app: Flask, svc: Any) -> None:
     from .alerts import AlertEngine
     from .api import alerts, devices, fluxio, keys
     from .auth import install_auth
-    from .ratelimit import install_limiter
+    from .ratelimit import make_rate_limits
 
     cfg = svc.config
     hops = int(getattr(cfg, "proxy_fix_hops", 0) or 0)
@@ -30,9 +30,9 @@ def install_fleet(app: Flask, svc: Any) -> None:
              allow_headers=["Authorization", "X-API-Key", "Content-Type", "Content-Encoding", "X-Device-Id"],
              expose_headers=["Retry-After"], methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"], max_age=600)
 
-    # The limiter's check registers first so it also counts requests that fail authentication.
-    install_limiter(app, cfg)
-    store = install_auth(app, svc)
+    limits = make_rate_limits(cfg)
+    app.extensions["fleet_limits"] = limits
+    store = install_auth(app, svc, limits)
 
     engine = AlertEngine(svc.pool, silence_check_s=cfg.alert_silence_check_s,
                          webhook_base_delay=max(0.01, cfg.retry_base_delay), webhook_max_delay=cfg.retry_max_delay)

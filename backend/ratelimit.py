@@ -1,87 +1,98 @@
-"""Rate limits per API key and per client IP (flask-limiter), shared through Redis.
+"""Rate limits per API key and per client IP, shared through Redis.
 
-Two budgets, each one bucket across all endpoints:
-- per key (RATE_LIMIT_DEFAULT, e.g. `6000/minute`): one noisy gateway gets 429 while every
-  other key keeps its own budget;
-- per client IP (RATE_LIMIT_IP): also counts requests without a valid key, so guessing
-  keys or flooding without one is bounded.
-ADMIN_API_KEY (the operator's key, also used by tests and benchmarks) is exempt from both.
-An empty limit string disables that limit.
+Two budgets, each one bucket across all endpoints, and each request is counted by one:
+- per key (RATE_LIMIT_DEFAULT, e.g. `6000/minute`) for requests with a valid key: one noisy
+  gateway gets 429 while every other key keeps its own budget, and many gateways behind one
+  NAT (or a benchmark on one machine) are not throttled together;
+- per client IP (RATE_LIMIT_IP) for requests without a valid key (public endpoints, missing,
+  wrong or revoked keys), so guessing keys or flooding without one is bounded.
+ADMIN_API_KEY (the operator's key, also used by tests and benchmarks) is exempt. An empty
+limit string disables that limit.
 
 With REDIS_URL the counters live in Redis and every worker and instance shares them;
 without it each worker counts for itself (the limit then applies per worker). If Redis
-stops answering, each worker falls back to memory rather than failing requests.
-Fixed windows: one INCR per limit per request, the cheapest strategy Redis offers.
+stops answering, the worker counts in memory for a few seconds and then tries Redis again,
+rather than failing requests.
+
+The counting is `limits` (the library Flask-Limiter is built on), called directly from the
+auth hook: fixed windows, one INCR per request. Flask-Limiter's own before_request
+machinery (route and exemption resolution on every request) measured 130-260 us per
+request on this machine against about 4 us for the counter itself in memory and one Redis
+round trip (~110 us) with REDIS_URL, so the hot path skips it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from typing import Any
 
-from flask import Flask, Response, request
-from flask_limiter import Limit, Limiter, RateLimitExceeded
+from flask import Response
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 
 from .api.responses import error_response
-from .auth import current_identity
+
+log = logging.getLogger(__name__)
+NAMESPACE = "telemetry"
+REDIS_RETRY_S = 5.0
 
 
-def _client_ip() -> str:
-    return "ip:" + (request.remote_addr or "unknown")
+class RateLimits:
+    def __init__(self, per_key: str, per_ip: str, redis_url: str = "") -> None:
+        self.per_key: RateLimitItem | None = parse(per_key) if per_key else None
+        self.per_ip: RateLimitItem | None = parse(per_ip) if per_ip else None
+        self.memory = FixedWindowRateLimiter(MemoryStorage())
+        self.shared = None
+        if redis_url:
+            self.shared = FixedWindowRateLimiter(storage_from_string(
+                redis_url, socket_timeout=0.5, socket_connect_timeout=0.5))
+        self._redis_down_until = 0.0
+        self._lock = threading.Lock()
+        self.stats = {"limited": 0, "redis_errors": 0}
 
+    @property
+    def enabled(self) -> bool:
+        return self.per_key is not None or self.per_ip is not None
 
-def _key_bucket() -> str:
-    ident, _status = current_identity()
-    return "key:" + ident.key_id if ident is not None else _client_ip()
+    def check_key(self, key_id: str) -> Response | None:
+        return self._check(self.per_key, "key:" + key_id) if self.per_key is not None else None
 
+    def check_ip(self, address: str | None) -> Response | None:
+        return self._check(self.per_ip, "ip:" + (address or "unknown")) if self.per_ip is not None else None
 
-def _is_master() -> bool:
-    ident, _status = current_identity()
-    return ident is not None and ident.master
+    def _limiter(self) -> FixedWindowRateLimiter:
+        if self.shared is not None and time.monotonic() >= self._redis_down_until:
+            return self.shared
+        return self.memory
 
-
-def _no_key_or_master() -> bool:
-    # Requests without a valid key are already counted by the IP limit.
-    ident, _status = current_identity()
-    return ident is None or ident.master
-
-
-def install_limiter(app: Flask, cfg: Any) -> Limiter | None:
-    limits = []
-    if cfg.rate_limit_ip:
-        limits.append(Limit(cfg.rate_limit_ip, key_function=_client_ip, scope="per-ip", shared=True,
-                            exempt_when=_is_master))
-    if cfg.rate_limit_default:
-        limits.append(Limit(cfg.rate_limit_default, key_function=_key_bucket, scope="per-key", shared=True,
-                            exempt_when=_no_key_or_master))
-    if not limits:
-        return None
-    redis = bool(cfg.redis_url)
-    limiter = Limiter(
-        _client_ip,
-        default_limits=limits,
-        storage_uri=cfg.redis_url if redis else "memory://",
-        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5} if redis else {},
-        strategy="fixed-window",
-        headers_enabled=False,  # headers would cost a second storage read on every request
-        swallow_errors=True,
-        in_memory_fallback_enabled=redis,
-        key_prefix="telemetry",
-    )
-    limiter.init_app(app)
-
-    @app.errorhandler(RateLimitExceeded)
-    def _too_many(exc: RateLimitExceeded) -> Response:
+    def _check(self, item: RateLimitItem, bucket: str) -> Response | None:
+        limiter = self._limiter()
+        try:
+            allowed = limiter.hit(item, NAMESPACE, bucket)
+        except Exception as exc:  # noqa: BLE001 - Redis down: count here for a while
+            with self._lock:
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
+                self.stats["redis_errors"] += 1
+            log.warning("rate-limit storage unreachable (%s); counting in memory for %.0f s",
+                        type(exc).__name__, REDIS_RETRY_S)
+            limiter = self.memory
+            allowed = limiter.hit(item, NAMESPACE, bucket)
+        if allowed:
+            return None
+        self.stats["limited"] += 1
         retry_after = 1
         try:
-            current = limiter.current_limit
-            if current is not None:
-                retry_after = max(1, math.ceil(current.window[0] - time.time()))  # window: (reset, remaining)
-        except Exception:  # noqa: BLE001 - the storage may be gone; 1 s is a safe hint
+            reset_at, _remaining = limiter.get_window_stats(item, NAMESPACE, bucket)
+            retry_after = max(1, math.ceil(reset_at - time.time()))
+        except Exception:  # noqa: BLE001 - 1 s is a safe hint
             pass
-        return error_response(429, f"rate limit exceeded ({exc.description}); retry after {retry_after} s",
+        return error_response(429, f"rate limit exceeded ({item}); retry after {retry_after} s",
                               retry_after=retry_after)
 
-    app.extensions["fleet_limiter"] = limiter
-    return limiter
+
+def make_rate_limits(cfg: Any) -> RateLimits:
+    return RateLimits(cfg.rate_limit_default, cfg.rate_limit_ip, cfg.redis_url)

@@ -198,6 +198,30 @@ def test_cors_closed_by_default_and_open_to_configured_origins(app, make_app):
     assert "Access-Control-Allow-Origin" not in r.headers
 
 
+def test_database_outage_known_keys_keep_ingesting_unknown_get_503(stoppable_pg, app_config):
+    from dataclasses import replace
+
+    from backend import create_app
+
+    app = create_app(replace(app_config, database_url=stoppable_pg.url, ack_timeout=2.0, max_retries=1))
+    c = app.test_client()
+    try:
+        r = c.post("/api/keys", json={"name": "gw", "scopes": ["ingest"]}, headers=ADMIN)
+        key = r.get_json()["key"]
+        assert post_line(c, "roll:1", bearer(key)).status_code == 200  # now cached by this worker
+        stoppable_pg.stop()
+        r = post_line(c, "roll:2", bearer(key))
+        assert r.status_code == 200 and r.get_json()["durability"] == "spooled", r.get_json()
+        assert post_line(c, "roll:3", ADMIN).status_code == 200
+        r = post_line(c, "roll:4", bearer("tk_" + "B" * 43))
+        assert r.status_code == 503 and r.headers["Retry-After"]  # not 401: the key may be fine
+    finally:
+        stoppable_pg.start()
+        svc = app.extensions["telemetry"]
+        svc.buffer.close(5)
+        svc.pool.close()
+
+
 # ---- CLI ----------------------------------------------------------------------------------
 
 
