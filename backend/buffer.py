@@ -27,12 +27,14 @@ import logging
 import os
 import queue
 import random
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,7 +125,9 @@ class GuardedPool:
     """A connection pool view for request-path helpers (the field catalogue).
 
     While the circuit is open it fails at once instead of waiting for a connection that
-    cannot come; otherwise it caps the wait, so a request is never held by the pool.
+    cannot come; otherwise it caps the wait, so a request is never held by the pool. A
+    failure to get any connection at all (the pool has none) opens the circuit, so a
+    worker that boots during an outage finds out with its first request.
     """
 
     def __init__(self, pool: Any, buffer: BatchBuffer, max_wait: float = 2.0) -> None:
@@ -131,12 +135,26 @@ class GuardedPool:
         self._buffer = buffer
         self._max_wait = max_wait
 
-    def connection(self, timeout: float | None = None, **kw: Any):
-        if not self._buffer.sink_available():
-            import psycopg
+    @contextmanager
+    def connection(self, timeout: float | None = None, **kw: Any) -> Iterator[Any]:
+        import psycopg
 
+        if not self._buffer.sink_available():
             raise psycopg.OperationalError("database known to be unreachable (circuit open)")
-        return self._pool.connection(timeout=min(timeout or self._max_wait, self._max_wait), **kw)
+        cm = self._pool.connection(timeout=min(timeout or self._max_wait, self._max_wait), **kw)
+        try:
+            conn = cm.__enter__()
+        except psycopg.OperationalError as exc:
+            if self._pool.get_stats().get("pool_size", 1) == 0:
+                self._buffer.report_sink_failure(f"no database connection: {exc}")
+            raise
+        try:
+            yield conn
+        except BaseException:
+            if not cm.__exit__(*sys.exc_info()):
+                raise
+        else:
+            cm.__exit__(None, None, None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
@@ -549,6 +567,11 @@ class BatchBuffer:
         return random.uniform(top / 2, top)
 
     def _probe_loop(self) -> None:
+        # A worker that boots during an outage learns it at once, not from its first request.
+        try:
+            self.runner.run(self.sink.ping, timeout=self.probe_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure means "down"
+            self.report_sink_failure(f"start-up check: {exc}")
         last_probe_mono: float | None = None
         while True:
             with self._cond:

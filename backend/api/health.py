@@ -15,12 +15,17 @@ bp = Blueprint("health", __name__)
 def health() -> Response:
     svc = services()
     reason = None
-    try:
-        svc.buffer.sink.ping()
-        connected = True
-    except TransientSinkError as exc:
+    if not svc.buffer.sink_available():  # circuit open: answer at once, the probe watches the database
         connected = False
-        reason = f"database unreachable: {exc}"[:300]
+        reason = f"database unreachable: {svc.buffer.circuit_status()['reason']}"[:300]
+    else:
+        try:
+            svc.buffer.sink.ping()
+            connected = True
+        except TransientSinkError as exc:
+            connected = False
+            reason = f"database unreachable: {exc}"[:300]
+            svc.buffer.report_sink_failure(f"health check: {exc}")
     batch = svc.buffer.status()
     batch["supabase_healthy"] = connected
     body = {

@@ -87,6 +87,8 @@ class PostgresSink:
         try:
             with self.pool.connection() as conn:
                 with conn.transaction():
+                    if any(s.done.is_set() for s in batch):  # the buffer gave up (deadline) and spooled it
+                        raise TransientSinkError("write abandoned: the batch was handled after its deadline")
                     todo = self._not_yet_written(conn, batch) if self.replay else batch
                     self._write(conn, todo, result)
                     if len(todo) != len(batch):  # already stored: counted as duplicates

@@ -1,0 +1,213 @@
+"""The batch buffer against a real PostgreSQL behind a proxy the test can cut.
+
+What a waiting request is told is the contract: "committed" or "spooled" (durable), or
+"failed"/BufferFull (503). Nothing here mocks the database, the buffer or the spool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backend.buffer import BatchBuffer, BufferFull
+from backend.db import make_pool
+from backend.parsing import Reading
+from backend.replay import Replayer
+from backend.sinks import Submission
+from backend.sinks.postgres import PostgresSink
+from backend.spool import Spool
+
+BASE = datetime(2026, 2, 1, tzinfo=UTC)
+_seq = iter(range(10**9))
+
+
+def sub(device: str = "b1", n: int = 5, bad: bool = False) -> Submission:
+    readings = []
+    for _ in range(n):
+        s = next(_seq)
+        readings.append(Reading(device, "seq", BASE + timedelta(milliseconds=s), None if bad else float(s)))
+    return Submission(request_id=uuid.uuid4(), readings=readings, received_at=datetime.now(UTC),
+                      raw_payload="x", device_id=device, parser_version="2.0", data_source="test")
+
+
+@pytest.fixture
+def make_buffer(db_proxy, db, tmp_path):
+    made = []
+
+    def factory(spool: bool = True, max_bytes: int = 64 * 2**20, chunk_rows: int = 100, **kw):
+        pool = make_pool(db_proxy.url, 1, 4)
+        opts = dict(batch_size=100, flush_interval=0.05, max_retries=2, retry_base_delay=0.01,
+                    retry_max_delay=0.2, write_timeout=1.0, probe_timeout=1.0)
+        opts.update(kw)
+        buf = BatchBuffer(PostgresSink(pool), **opts)
+        if spool:
+            sp = Spool(tmp_path / f"spool{len(made)}", max_bytes=max_bytes, min_free_bytes=0).open()
+            buf.spool = sp
+            buf.replayer = Replayer(sp, buf, PostgresSink(pool, replay=True), chunk_rows=chunk_rows,
+                                    scan_interval=0.1)
+        buf.start()
+        made.append((buf, pool))
+        return buf
+
+    yield factory
+    db_proxy.up()
+    for buf, pool in made:
+        buf.close(5)
+        pool.close()
+
+
+def put(buf: BatchBuffer, s: Submission, timeout: float = 10) -> str:
+    buf.submit(s)
+    assert buf.wait(s, timeout), "the buffer must answer within the wait"
+    return s.outcome
+
+
+def count(db, device: str) -> tuple[int, int]:
+    return db.execute("SELECT count(*), count(DISTINCT ts) FROM telemetry_readings WHERE device_id = %s",
+                      (device,)).fetchone()
+
+
+def wait_for(pred, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_healthy_database_commits(make_buffer, db):
+    buf = make_buffer()
+    assert put(buf, sub("ok")) == "committed"
+    assert count(db, "ok") == (5, 5)
+    assert buf.status()["circuit"]["state"] == "closed"
+
+
+def test_outage_spools_then_replays_each_reading_once(make_buffer, db, db_proxy):
+    buf = make_buffer()
+    db_proxy.down()
+    outcomes = [put(buf, sub("out")) for _ in range(20)]
+    assert set(outcomes) == {"spooled"}
+    st = buf.status()
+    assert st["circuit"]["state"] == "open"
+    # Once the circuit is open, batches go straight to the spool: no more write attempts.
+    attempts = st["failed_attempts_total"]
+    for _ in range(10):
+        assert put(buf, sub("out")) == "spooled"
+    assert buf.status()["failed_attempts_total"] == attempts
+    db_proxy.up()
+    assert wait_for(lambda: count(db, "out")[0] == 150)
+    assert wait_for(lambda: buf.spool.usage()["segments"] == 0)
+    assert count(db, "out") == (150, 150)
+    assert buf.status()["circuit"]["state"] == "closed"
+    assert buf.spool.status()["replayed_readings_total"] == 150
+
+
+def test_probe_delays_grow_exponentially_with_jitter_up_to_the_cap(make_buffer, db_proxy):
+    buf = make_buffer(retry_base_delay=0.01, retry_max_delay=0.16, probe_timeout=0.5)
+    db_proxy.down()
+    assert put(buf, sub("probe")) == "spooled"
+    assert wait_for(lambda: len(buf.circuit_status()["outages"][-1]["probes"]) >= 9, 60)
+    probes = buf.circuit_status()["outages"][-1]["probes"]
+    delays = [p["delay_s"] for p in probes]
+    for i, p in enumerate(probes):
+        cap_i = min(0.16, 0.01 * 2**i)
+        assert p["attempt"] == i and p["delay_cap_s"] == pytest.approx(cap_i)
+        assert cap_i / 2 - 1e-4 <= p["delay_s"] <= cap_i + 1e-4  # equal jitter in [cap/2, cap]
+        assert not p["ok"]
+    assert max(delays) <= 0.16 + 1e-4 and probes[-1]["delay_cap_s"] == pytest.approx(0.16)
+    assert len({round(d, 4) for d in delays[4:]}) > 1  # jittered, not a fixed schedule
+    db_proxy.up()
+    assert wait_for(lambda: buf.status()["circuit"]["state"] == "closed")
+    assert buf.circuit_status()["outages"][-1]["probes"][-1]["ok"]
+
+
+def test_full_spool_refuses_with_retry_after_and_holds_nothing(make_buffer, db_proxy):
+    buf = make_buffer(max_bytes=6000)
+    db_proxy.down()
+    outcomes = []
+    refused = None
+    for _ in range(40):
+        s = sub("full")
+        try:
+            outcomes.append(put(buf, s))
+        except BufferFull as exc:
+            refused = exc
+            break
+    assert "spooled" in outcomes
+    assert refused is not None and "SPOOL_MAX_BYTES" in str(refused) and refused.retry_after >= 1
+    assert set(outcomes) <= {"spooled", "failed"}
+    assert buf.pending_rows == 0
+    assert buf.spool.usage()["bytes"] <= 6000
+
+
+def test_no_spool_means_503_not_2xx(make_buffer, db_proxy):
+    buf = make_buffer(spool=False)
+    db_proxy.down()
+    s = sub("nospool")
+    assert put(buf, s) == "failed" and "no spool" in s.error
+    with pytest.raises(BufferFull):
+        buf.submit(sub("nospool"))  # circuit open: refused at once
+    assert buf.pending_rows == 0
+
+
+def test_blackholed_database_does_not_hold_requests(make_buffer, db, db_proxy):
+    buf = make_buffer(write_timeout=0.5)
+    assert put(buf, sub("bh")) == "committed"  # a pooled connection exists and then hangs
+    db_proxy.blackhole()
+    s = sub("bh")
+    buf.submit(s)
+    assert buf.wait(s, 5.0) and s.outcome == "spooled"
+    db_proxy.up()
+    assert wait_for(lambda: count(db, "bh")[0] == 10, 60)
+    assert count(db, "bh") == (10, 10)
+
+
+def test_refused_request_is_isolated_from_its_batch(make_buffer, db):
+    buf = make_buffer()
+    good = [sub("iso") for _ in range(3)]
+    bad = sub("iso", bad=True)  # violates the one-value check: the database refuses it
+    for s in [good[0], bad, *good[1:]]:
+        buf.submit(s)
+    for s in [*good, bad]:
+        assert buf.wait(s, 10)
+    assert [s.outcome for s in good] == ["committed"] * 3
+    assert bad.outcome == "failed" and "refused" in bad.error
+    assert count(db, "iso") == (15, 15)
+
+
+def test_replay_of_a_backlog_does_not_starve_live_writes(make_buffer, db, db_proxy):
+    buf = make_buffer(chunk_rows=25)
+    db_proxy.down()
+    for _ in range(150):  # 750 readings = 30 replay chunks
+        assert put(buf, sub("backlog")) == "spooled"
+    db_proxy.up()
+    live_while_backlog = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        backlog = buf.spool.usage()["segments"]
+        if put(buf, sub("live")) == "committed" and backlog:
+            live_while_backlog += 1
+        if not backlog:
+            break
+    assert live_while_backlog > 0
+    assert wait_for(lambda: count(db, "backlog")[0] == 750)
+    assert count(db, "backlog") == (750, 750)
+
+
+def test_close_during_outage_spools_whatever_is_pending(make_buffer, db_proxy, tmp_path):
+    buf = make_buffer()
+    db_proxy.down()
+    subs = [sub("closing") for _ in range(5)]
+    for s in subs:
+        buf.submit(s)
+    t = threading.Thread(target=buf.close, args=(10,))
+    t.start()
+    t.join(30)
+    assert {s.outcome for s in subs} == {"spooled"}
+    left = sum(len(list(d.glob("seg-*.wal"))) for d in buf.spool.root.glob("w-*"))
+    assert left >= 1  # kept on disk for the next worker to adopt
