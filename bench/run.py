@@ -90,6 +90,7 @@ class Bench:
         self.url = url
         self.workdir = workdir
         self.results: dict[str, Any] = {"plan": asdict(plan), "phases_s": {}}
+        self.tag = ""  # appended to device ids; experiments against a reused database set it
 
     # ---- helpers --------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class Bench:
             run_wrk("single.lua", target, [srv.api_key, f"{base - 600:.3f}", f"{name[:2]}w"],
                     p.connections, p.warmup_seconds, p.wrk_threads)
             tag = f"{name[:2]}m"
-            with ProcWatch(srv) as watch:
+            with ProcWatch(srv, self.url) as watch:
                 r = run_wrk("single.lua", target, [srv.api_key, f"{base:.3f}", tag], p.connections,
                             p.single_seconds, p.wrk_threads)
             devices = [f"{tag}t{t}d{k}" for t in range(p.wrk_threads) for k in range(16)]
@@ -148,7 +149,7 @@ class Bench:
             p50_ms=r["p50_us"] / 1000,
             p99_ms=r["p99_us"] / 1000,
             wrk_cpu_pct_of_core=100 * r["wrk_cpu_s"] / r["seconds"],
-            **watch.summary(),
+            **watch.summary(extra_cpu_s=r["wrk_cpu_s"]),
         )
         self.log(f"single {name}: {out['rps']:,.0f} req/s, p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms,"
                  f" non-2xx {r['status_errors']}, errors {r['connect_errors'] + r['read_errors'] + r['timeouts']},"
@@ -182,7 +183,7 @@ class Bench:
         work = []
         devices = []
         for c, reqs in enumerate(clients_msgs):
-            device = f"b{fmt[0]}{c:02d}"
+            device = f"b{fmt[0]}{c:02d}{self.tag}"
             devices.append(device)
             items = []
             for msgs in reqs:
@@ -198,7 +199,7 @@ class Bench:
             work.append(items)
         expected = 4 * sum(len(m) for reqs in clients_msgs for m in reqs)
         body_bytes = sum(len(b) for items in work for _, b in items)
-        with ProcWatch(srv) as watch:
+        with ProcWatch(srv, self.url) as watch:
             t0 = time.perf_counter()
             run = post_all(srv.url, "/telemetry/parse", work)
             t_resp = time.perf_counter() - t0
@@ -210,7 +211,7 @@ class Bench:
             "statuses": {str(k): v for k, v in run.statuses.items()}, "errors": run.errors[:3],
             "clients": len(work), "body_mb": round(body_bytes / 2**20, 1),
             "stored_readings": stored, "seconds": seconds, "responses_s": t_resp,
-            "readings_per_s": stored / seconds if seconds else 0.0,
+            "readings_per_s": min(stored, expected) / seconds if seconds else 0.0,
             "p50_ms": percentile(run.latencies_ms, 50), "p99_ms": percentile(run.latencies_ms, 99),
             "client_cpu_s": round(run.client_cpu_s, 2), **watch.summary(),
         }
@@ -224,14 +225,15 @@ class Bench:
         table = create_copy_table(self.url, months)
         chunks = copy_text(rows_by_request, datetime.now(UTC))
         expected = 4 * sum(len(m) for _, m in rows_by_request)
-        t0 = time.perf_counter()
-        copy_s = copy_rows(self.url, table, chunks)
-        stored = self.sql(f"SELECT count(*) FROM {table}")[0][0]
-        seconds = time.perf_counter() - t0
+        with ProcWatch(None, self.url) as watch:
+            t0 = time.perf_counter()
+            copy_s = copy_rows(self.url, table, chunks)
+            stored = self.sql(f"SELECT count(*) FROM {table}")[0][0]
+            seconds = time.perf_counter() - t0
         self.sql(f"DROP TABLE {table}")
         out = {"readings": expected, "stored_readings": stored, "seconds": seconds, "copy_s": copy_s,
                "readings_per_s": stored / seconds if seconds else 0.0,
-               "mb": round(sum(map(len, chunks)) / 2**20, 1)}
+               "mb": round(sum(map(len, chunks)) / 2**20, 1), **watch.summary()}
         self.log(f"COPY ceiling: {out['readings_per_s']:,.0f} rows/s ({stored} rows, {seconds:.2f} s)")
         return out
 
@@ -406,6 +408,19 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def _cores(x: dict[str, Any], client: str = "", client_s: float = 0.0) -> str:
+    """CPU used over the phase, in cores (CPU seconds / wall seconds), by group."""
+    wall = max(x.get("wall_s") or 0.0, 1e-9)
+    parts = []
+    if x.get("server_cpu_s"):
+        parts.append(f"gunicorn {x['server_cpu_s'] / wall:.2f}")
+    parts.append(f"PostgreSQL {x.get('postgres_cpu_s', 0.0) / wall:.2f}")
+    if client:
+        parts.append(f"{client} {client_s / wall:.2f}")
+    parts.append(f"other {x.get('other_cpu_s', 0.0) / wall:.2f}")
+    return " / ".join(parts)
+
+
 def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     s, b, q = r["single"], r["batched"], r["queries"]
     svc = s["service"]
@@ -478,8 +493,8 @@ def render(r: dict[str, Any]) -> str:
               f" after a {p['warmup_seconds']} s warm-up; every request carries a (device, ts) no other request has.",
               "",
               "| Server | requests/s | readings/s | p50 | p90 | p99 | max | non-2xx | socket errors |"
-              " readings stored / acknowledged | peak RSS per worker | server CPU | wrk CPU | machine busy |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              " readings stored / acknowledged | peak RSS per worker | CPU used (cores) | machine busy |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, label in (("bare", "bare Flask (parse only)"), ("seed", "seed design (1 INSERT/request)"),
                         ("service", "service")):
         x = s[name]
@@ -490,8 +505,7 @@ def render(r: dict[str, Any]) -> str:
             f" {x['p90_us'] / 1000:.1f} ms | {x['p99_ms']:.1f} ms | {x['max_us'] / 1000:.0f} ms | {x['status_errors']} |"
             f" {x['connect_errors'] + x['read_errors'] + x['write_errors'] + x['timeouts']} | {stored} |"
             f" {', '.join(f'{v:.0f}' for v in x['peak_rss_mb_each'])} MB |"
-            f" {x['server_cpu_s'] / x['wall_s']:.2f} cores | {x['wrk_cpu_s'] / x['seconds']:.2f} cores"
-            f" ({x['wrk_cpu_s'] / max(x['machine_busy_s'], 1e-9):.0%} of busy CPU) |"
+            f" {_cores(x, 'wrk', x['wrk_cpu_s'])} |"
             f" {x['machine_busy_s'] / max(x['machine_total_s'], 1e-9):.0%} of {cores} cores |")
     lines += [
         "", "Stored may exceed acknowledged by the requests in flight when wrk stopped (it does not count"
@@ -499,18 +513,19 @@ def render(r: dict[str, Any]) -> str:
         " readings.",
         "", "### Batched ingest (1,000 readings per request) and the COPY ceiling", "",
         "| Run | readings | requests | clients | body MB | seconds (first request -> all rows counted) |"
-        " readings/s | request p50 / p99 | peak RSS per worker | server CPU | client CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        " readings/s | request p50 / p99 | peak RSS per worker | CPU used (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for fmt in ("raw", "json"):
         x = b[fmt]
         lines.append(
             f"| service, {fmt} | {_n(x['stored_readings'])} of {_n(x['readings'])} | {x['requests']}"
             f" ({x['ok']} ok) | {x['clients']} | {x['body_mb']} | {x['seconds']:.2f} | {_n(x['readings_per_s'])} |"
             f" {x['p50_ms']:.0f} / {x['p99_ms']:.0f} ms | {', '.join(f'{v:.0f}' for v in x['peak_rss_mb_each'])} MB |"
-            f" {x['server_cpu_s'] / x['wall_s']:.2f} cores | {x['client_cpu_s']:.1f} s |")
+            f" {_cores(x, 'clients', x['bench_cpu_s'])} |")
     c = b["copy"]
     lines.append(f"| PostgreSQL COPY, 1 client, 1 transaction | {_n(c['stored_readings'])} of {_n(c['readings'])} |"
-                 f" 1 | 1 | {c['mb']} (COPY text) | {c['seconds']:.2f} | {_n(c['readings_per_s'])} | | | | |")
+                 f" 1 | 1 | {c['mb']} (COPY text) | {c['seconds']:.2f} | {_n(c['readings_per_s'])} | | |"
+                 f" {_cores(c, 'client', c['bench_cpu_s'])} |")
     lines += [
         "", f"### Queries over {d['table_rows']:,} readings", "",
         f"Data: {d['devices']} devices x {d['metrics']} metrics x {d['timestamps']:,} timestamps at 1 s spacing"

@@ -124,26 +124,49 @@ class Gunicorn:
 
 
 class ProcWatch:
-    """Samples a server's processes while a phase runs: peak RSS per worker, CPU seconds used.
+    """Samples processes while a phase runs: peak RSS per gunicorn worker, CPU seconds per group.
 
-    Also the machine's CPU (all cores) over the same interval, so the report can say how the
-    two cores were shared between the load generator, gunicorn and PostgreSQL.
+    Groups: the gunicorn server (master and workers), the PostgreSQL backends connected to
+    the benchmark's database (found in pg_stat_activity), and this benchmark process (its
+    clients). With the machine's total busy CPU over the same interval, what is left is
+    CPU used by everything else on the machine (other jobs, PostgreSQL's shared background
+    processes), so the report can say how disturbed a run was.
     """
 
-    def __init__(self, server: Gunicorn, interval: float = 0.2) -> None:
+    def __init__(self, server: Gunicorn | None, database_url: str | None = None, interval: float = 0.2) -> None:
         self.server = server
+        self.database_url = database_url
         self.interval = interval
         self.peak_rss: dict[int, int] = {}
-        self._cpu_start: dict[int, float] = {}
-        self._cpu_last: dict[int, float] = {}
+        self._start: dict[tuple[str, int], float] = {}
+        self._last: dict[tuple[str, int], float] = {}
+        self._initial = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="procwatch", daemon=True)
+        self._pg = None
         self.wall = 0.0
         self.machine_busy_s = 0.0
         self.machine_total_s = 0.0
 
+    def _pg_pids(self) -> list[int]:
+        if not self.database_url:
+            return []
+        try:
+            if self._pg is None:
+                import psycopg
+
+                self._pg = psycopg.connect(self.database_url, autocommit=True)
+            return [r[0] for r in self._pg.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        except Exception:  # noqa: BLE001 - monitoring must never break a run
+            return []
+
     def _sample(self) -> None:
-        for pid in self.server.all_pids():
+        master = self.server.proc.pid if self.server and self.server.proc else None
+        groups = [("server", pid) for pid in (self.server.all_pids() if self.server else [])]
+        groups += [("postgres", pid) for pid in self._pg_pids()]
+        groups.append(("bench", os.getpid()))
+        for group, pid in groups:
             try:
                 p = psutil.Process(pid)
                 with p.oneshot():
@@ -152,10 +175,12 @@ class ProcWatch:
             except psutil.Error:
                 continue
             cpu = t.user + t.system
-            self._cpu_start.setdefault(pid, cpu)
-            self._cpu_last[pid] = cpu
-            if pid != (self.server.proc.pid if self.server.proc else None):
+            # A process first seen after the start was born during the phase: all its CPU counts.
+            self._start.setdefault((group, pid), cpu if self._initial else 0.0)
+            self._last[(group, pid)] = cpu
+            if group == "server" and pid != master:
                 self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), rss)
+        self._initial = False
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -172,23 +197,33 @@ class ProcWatch:
         self._stop.set()
         self._thread.join()
         self._sample()
+        if self._pg is not None:
+            self._pg.close()
         self.wall = time.monotonic() - self._t0
         busy, idle = _busy_idle(psutil.cpu_times())
         busy0, idle0 = _busy_idle(self._m0)
         self.machine_busy_s = busy - busy0
         self.machine_total_s = self.machine_busy_s + idle - idle0
 
+    def cpu_s(self, group: str) -> float:
+        return sum(v - self._start[k] for k, v in self._last.items() if k[0] == group)
+
     @property
     def server_cpu_s(self) -> float:
-        return sum(self._cpu_last[p] - self._cpu_start[p] for p in self._cpu_last)
+        return self.cpu_s("server")
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, extra_cpu_s: float = 0.0) -> dict[str, float]:
+        """`extra_cpu_s`: CPU of processes sampled elsewhere (wrk), so 'other' excludes it."""
         peaks = sorted(self.peak_rss.values())
+        ours = self.cpu_s("server") + self.cpu_s("postgres") + self.cpu_s("bench") + extra_cpu_s
         return {
             "workers": len(peaks),
             "peak_rss_mb_max": round(peaks[-1] / 2**20, 1) if peaks else 0.0,
             "peak_rss_mb_each": [round(p / 2**20, 1) for p in peaks],
-            "server_cpu_s": round(self.server_cpu_s, 2),
+            "server_cpu_s": round(self.cpu_s("server"), 2),
+            "postgres_cpu_s": round(self.cpu_s("postgres"), 2),
+            "bench_cpu_s": round(self.cpu_s("bench"), 2),
+            "other_cpu_s": round(max(0.0, self.machine_busy_s - ours), 2),
             "machine_busy_s": round(self.machine_busy_s, 2),
             "machine_total_s": round(self.machine_total_s, 2),
             "wall_s": round(self.wall, 2),
