@@ -490,7 +490,10 @@ class AlertEngine:
                 if self.pool.closed:
                     return
                 if time.monotonic() - self._rules_at >= self.rules_refresh_s:
-                    self._safe_reload()
+                    try:
+                        self._safe_reload()
+                    except PoolClosed:
+                        return
                 continue
             items = [first]
             while len(items) < 200:

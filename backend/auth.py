@@ -164,7 +164,8 @@ class KeyStore:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.sync()
+                if self.available():  # not while the write path knows the database is down
+                    self.sync()
             except PoolClosed:
                 return
             except Exception as exc:  # noqa: BLE001 - keep the cache, try again next tick
