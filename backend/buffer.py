@@ -17,8 +17,9 @@ circuit opens: from then on batches go straight to the spool without touching th
 database, and a probe thread pings it with exponential backoff, jitter and a cap
 (RETRY_BASE_DELAY, RETRY_MAX_DELAY). The first successful ping closes the circuit. With
 the circuit open and the spool unable to take more (full, nearly full disk, disabled),
-`submit()` refuses at once (BufferFull -> 503 + Retry-After) so memory stays bounded;
-readings that were never acknowledged are not kept: the client still has them.
+`submit()` refuses at once (BufferFull -> 503 + Retry-After) so memory stays bounded; a
+batch already taken stays buffered (never acknowledged: its requests get 503 at
+ACK_TIMEOUT) and is written when the database or the spool can take it.
 """
 
 from __future__ import annotations
@@ -276,6 +277,8 @@ class BatchBuffer:
         with self._cond:
             if self._closed:
                 return True
+        if self._open and (self.spool is None or not self.spool.accepts(max(1, self._pending_rows))):
+            timeout = min(timeout, 1.0)  # nowhere durable to put them: do not hold the shutdown
         ok = self.flush(timeout)
         if self.replayer is not None:
             self.replayer.stop(timeout=min(10.0, timeout))
@@ -287,6 +290,11 @@ class BatchBuffer:
             self._thread.join(timeout=5)
         if self._probe_thread is not None:
             self._probe_thread.join(timeout=1)
+        with self._cond:
+            left = list(self._queue)
+        for sub in left:  # never acknowledged: their requests get a 503, the client keeps the data
+            if not sub.done.is_set():
+                sub.finish("failed", "shutting down while the database is unreachable; not stored")
         if self.spool is not None:
             self.spool.close()
         return ok
@@ -400,8 +408,9 @@ class BatchBuffer:
                         return
                     self._cond.wait(timeout=min(self.flush_interval, 0.25))
                 batch = self._take()
+            held = False
             try:
-                self._write_batch(batch)
+                held = self._write_batch(batch)
             except Exception as exc:  # noqa: BLE001 - the flusher must outlive any single bug
                 log.exception("flusher: unexpected error; the batch's requests get a 503")
                 self._fail(batch, f"internal error while storing: {type(exc).__name__}")
@@ -412,26 +421,31 @@ class BatchBuffer:
                     if not self._queue:
                         self._flush_requested = False
                     self._idle.notify_all()
+            if held:
+                with self._cond:
+                    if self._closing:
+                        return  # shutting down with nowhere to put them: close() answers the requests
+                    # Until the database is back (or, each second, the spool has room again).
+                    self._cond.wait_for(lambda: self._closing or not self._open, timeout=1.0)
 
-    def _write_batch(self, batch: list[Submission]) -> None:
+    def _write_batch(self, batch: list[Submission]) -> bool:
+        """Write, spool or hold the batch; True when it was held (nowhere durable to put it)."""
         rows = sum(len(s.readings) for s in batch)
         if self._open:
-            self._divert(batch, rows, self._open_reason)
-            return
+            return self._divert(batch, rows, self._open_reason)
         started = time.monotonic()
         try:
             result = self._write_with_retries(batch)
         except TransientSinkError as exc:
             self._record_error(str(exc))
             self._open_circuit(str(exc))
-            self._divert(batch, rows, str(exc))
-            return
+            return self._divert(batch, rows, str(exc))
         except Exception as exc:  # noqa: BLE001 - the data was refused; find which request
             log.warning("write refused (%s: %s); writing the batch's requests one by one",
                         type(exc).__name__, str(exc)[:200])
-            self._write_one_by_one(batch)
-            return
+            return self._write_one_by_one(batch)
         self._committed(batch, result, rows, started)
+        return False
 
     def _committed(self, batch: list[Submission], result: WriteResult, rows: int, started: float) -> None:
         self._probe_attempt = 0
@@ -456,40 +470,51 @@ class BatchBuffer:
             except Exception:  # noqa: BLE001 - observers must not undo a committed write
                 log.exception("on_written observer failed")
 
-    def _write_one_by_one(self, batch: list[Submission]) -> None:
-        for sub in batch:
+    def _write_one_by_one(self, batch: list[Submission]) -> bool:
+        for i, sub in enumerate(batch):
             rows = len(sub.readings)
             started = time.monotonic()
             try:
                 result = self.runner.run(self.sink.write, [sub], timeout=self.write_timeout)
             except TransientSinkError as exc:
                 self._open_circuit(str(exc))
-                self._divert([sub], rows, str(exc))
+                rest = batch[i:]
+                return self._divert(rest, sum(len(s.readings) for s in rest), str(exc))
             except Exception as exc:  # noqa: BLE001 - this request's data cannot be stored
                 log.error("request %s refused by the database: %s", sub.request_id, exc)
                 self._record_error(f"refused: {exc}")
                 self._fail([sub], f"the database refused the data: {str(exc)[:200]}")
             else:
                 self._committed([sub], result, rows, started)
+        return False
 
-    def _divert(self, batch: list[Submission], rows: int, why: str) -> None:
-        """The database cannot take the batch now: spool it (durable) or refuse it (503)."""
+    def _divert(self, batch: list[Submission], rows: int, why: str) -> bool:
+        """The database cannot take the batch now: spool it (durable), else hold it; True if held."""
         if self.spool is not None:
             try:
                 self.spool.append(batch)
-            except Exception as exc:  # noqa: BLE001 - SpoolFull, or an I/O error: refuse, never ack
+            except Exception as exc:  # noqa: BLE001 - SpoolFull, or an I/O error: never acknowledge
                 reason = f"database unavailable ({why[:160]}) and {exc}"
             else:
                 faults.hit("after_spool_append")
                 self.stats.spooled += rows
                 for sub in batch:
                     sub.finish("spooled")
-                return
+                return False
         else:
             reason = f"database unavailable ({why[:160]}) and no spool is configured"
-        self.stats.refused += rows
-        for sub in batch:
-            sub.finish("failed", reason)
+        # Durable nowhere: not acknowledged. The waiting requests get 503 + Retry-After at their
+        # ACK_TIMEOUT (new ones at once, in submit()); the readings stay buffered, within
+        # BUFFER_MAX_READINGS, and are written when the database or the spool can take them.
+        self.stats.last_error = reason[:500]
+        self.stats.last_error_at = datetime.now(UTC)
+        self._requeue(batch)
+        return True
+
+    def _requeue(self, batch: list[Submission]) -> None:
+        with self._cond:
+            self._queue.extendleft(reversed(batch))
+            self._pending_rows += sum(len(s.readings) for s in batch)
 
     def _fail(self, batch: list[Submission], reason: str) -> None:
         self.stats.failed += sum(len(s.readings) for s in batch)

@@ -298,5 +298,5 @@ def setup_spool(buffer: Any, cfg: Any, pool: Any) -> Spool | None:
     if faults.armed("after_commit"):
         sink.after_commit_hook = lambda batch: faults.hit("after_commit")
     buffer.spool = spool
-    buffer.replayer = Replayer(spool, buffer, sink, chunk_rows=cfg.batch_size)
+    buffer.replayer = Replayer(spool, buffer, sink, chunk_rows=2 * cfg.batch_size)
     return spool

@@ -126,33 +126,43 @@ def test_probe_delays_grow_exponentially_with_jitter_up_to_the_cap(make_buffer, 
     assert buf.circuit_status()["outages"][-1]["probes"][-1]["ok"]
 
 
-def test_full_spool_refuses_with_retry_after_and_holds_nothing(make_buffer, db_proxy):
-    buf = make_buffer(max_bytes=6000)
+def test_full_spool_refuses_with_retry_after_and_stays_bounded(make_buffer, db, db_proxy):
+    buf = make_buffer(max_bytes=6000, max_pending=500)
     db_proxy.down()
-    outcomes = []
+    subs: list[Submission] = []
     refused = None
-    for _ in range(40):
+    for _ in range(60):
         s = sub("full")
         try:
-            outcomes.append(put(buf, s))
+            buf.submit(s)
         except BufferFull as exc:
             refused = exc
             break
-    assert "spooled" in outcomes
+        subs.append(s)
+        buf.wait(s, 2)
     assert refused is not None and "SPOOL_MAX_BYTES" in str(refused) and refused.retry_after >= 1
-    assert set(outcomes) <= {"spooled", "failed"}
-    assert buf.pending_rows == 0
-    assert buf.spool.usage()["bytes"] <= 6000
+    assert any(s.outcome == "spooled" for s in subs)
+    # Never anything but "spooled" (durable) or "pending" (not acknowledged: 503 at the ack timeout).
+    assert {s.outcome for s in subs} <= {"spooled", "pending"}
+    assert buf.pending_rows <= 500 and buf.spool.usage()["bytes"] <= 6000
+    db_proxy.up()
+    # Held readings are written once the database is back, spooled ones are replayed.
+    assert wait_for(lambda: count(db, "full")[0] == 5 * len(subs))
+    assert count(db, "full") == (5 * len(subs), 5 * len(subs))
 
 
-def test_no_spool_means_503_not_2xx(make_buffer, db_proxy):
+def test_no_spool_means_503_not_2xx(make_buffer, db, db_proxy):
     buf = make_buffer(spool=False)
     db_proxy.down()
     s = sub("nospool")
-    assert put(buf, s) == "failed" and "no spool" in s.error
-    with pytest.raises(BufferFull):
+    buf.submit(s)
+    assert not buf.wait(s, 4) and s.outcome == "pending"  # not acknowledged: the request gets 503
+    with pytest.raises(BufferFull, match="no spool"):
         buf.submit(sub("nospool"))  # circuit open: refused at once
-    assert buf.pending_rows == 0
+    assert buf.pending_rows == 5  # held in memory, within BUFFER_MAX_READINGS
+    db_proxy.up()
+    assert buf.wait(s, 30) and s.outcome == "committed"
+    assert count(db, "nospool") == (5, 5)
 
 
 def test_blackholed_database_does_not_hold_requests(make_buffer, db, db_proxy):
@@ -186,6 +196,7 @@ def test_replay_of_a_backlog_does_not_starve_live_writes(make_buffer, db, db_pro
     for _ in range(150):  # 750 readings = 30 replay chunks
         assert put(buf, sub("backlog")) == "spooled"
     db_proxy.up()
+    assert wait_for(buf.sink_available)  # (until then live readings would join the backlog)
     live_while_backlog = 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
