@@ -107,11 +107,11 @@ class ReadingQuery:
         parts: list[sql.Composable] = []
         params: list[Any] = []
         if self.device_ids:
-            parts.append(sql.SQL("device_id = ANY(%s)"))
-            params.append(self.device_ids)
+            parts.append(_in("device_id", self.device_ids))
+            params.append(_one_or_all(self.device_ids))
         if self.metrics:
-            parts.append(sql.SQL("metric = ANY(%s)"))
-            params.append(self.metrics)
+            parts.append(_in("metric", self.metrics))
+            params.append(_one_or_all(self.metrics))
         if self.start:
             parts.append(sql.SQL("ts >= %s"))
             params.append(self.start)
@@ -127,6 +127,16 @@ class ReadingQuery:
         # A stable tie-break so pages do not overlap.
         tiebreak = ", ts DESC" if col in ("device_id", "metric") else ", device_id, metric"
         return sql.SQL(" ORDER BY {} " + direction + tiebreak).format(sql.Identifier(col))
+
+
+def _in(column: str, values: list[str]) -> sql.Composable:
+    # `= %s` for one value: the planner then knows the index order of the rest (ts DESC for
+    # one device), so "latest N" reads N index entries instead of sorting every match.
+    return sql.SQL("{} = %s" if len(values) == 1 else "{} = ANY(%s)").format(sql.Identifier(column))
+
+
+def _one_or_all(values: list[str]) -> str | list[str]:
+    return values[0] if len(values) == 1 else values
 
 
 def _multi(args: Any, name: str) -> list[str]:
@@ -203,8 +213,8 @@ def fetch_buckets(pool: ConnectionPool, args: Any) -> dict[str, Any]:
     where = sql.SQL(" WHERE metric = %s AND ts >= %s AND ts < %s")
     params: list[Any] = [BUCKETS[bucket], metric, start, end]
     if devices:
-        where += sql.SQL(" AND device_id = ANY(%s)")
-        params.append(devices)
+        where += sql.SQL(" AND ") + _in("device_id", devices)
+        params.append(_one_or_all(devices))
     stmt = (sql.SQL("SELECT date_bin(%s::interval, ts, TIMESTAMPTZ '2000-01-01') AS bucket, device_id, {},"
                     " count(*) FROM telemetry_readings").format(expr)
             + where + sql.SQL(" GROUP BY 1, 2 ORDER BY 1, 2"))

@@ -81,7 +81,7 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick, 2, 1, 32, 2, 20_000, 4, 1000, 10, 1_000, 30, 1, 8)
-        return cls(quick, 15, 3, 32, 2, 1_000_000, 8, 1000, 100, 25_000, 300, 5, 8)
+        return cls(quick, 15, 3, 32, 2, 500_000, 8, 1000, 100, 25_000, 300, 5, 8)
 
 
 class Bench:
@@ -123,9 +123,9 @@ class Bench:
         try:
             target = srv.url + "/telemetry/parse"
             base = time.time() - 3600
-            run_wrk("single.lua", target, [srv.api_key, f"{base - 600:.3f}", f"{name[:2]}w"],
+            run_wrk("single.lua", target, [srv.api_key, f"{base - 600:.3f}", f"{name[0]}{name[-1]}w"],
                     p.connections, p.warmup_seconds, p.wrk_threads)
-            tag = f"{name[:2]}m"
+            tag = f"{name[0]}{name[-1]}m"
             with ProcWatch(srv, self.url) as watch:
                 r = run_wrk("single.lua", target, [srv.api_key, f"{base:.3f}", tag], p.connections,
                             p.single_seconds, p.wrk_threads)
@@ -345,6 +345,17 @@ def resolve_admin_url(explicit: str | None) -> tuple[str, Any]:
     return start_embedded(tempfile.mkdtemp(prefix="bench-pg-"), cleanup="delete")
 
 
+def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (up to max_wait s) until other jobs leave the CPUs mostly idle; returns the last busy share."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = psutil.cpu_percent(interval=2.0) / 100
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
+        print(f"[bench] the machine is {busy:.0%} busy before the start (other jobs); waiting up to"
+              f" {deadline - time.monotonic():.0f} s more for it to calm down", flush=True)
+
+
 def with_dbname(url: str, name: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     info["dbname"] = name
@@ -557,7 +568,10 @@ def render(r: dict[str, Any]) -> str:
         f"- service settings (defaults): BATCH_SIZE={sc['batch_size']}, FLUSH_INTERVAL={sc['flush_interval']},"
         f" DB_POOL_MAX={sc['db_pool_max']}, STORE_RAW_PAYLOAD={sc['store_raw_payload']}; rate limits raised for"
         f" the benchmark: " + ", ".join(f"{k}={v}" for k, v in GENEROUS_LIMITS.items()),
-        f"- load generator: {m['wrk']} on the same {m['logical_cores']} cores (see wrk CPU above)",
+        f"- load generator: {m['wrk']} on the same {m['logical_cores']} cores (see the CPU columns above)",
+        f"- other jobs on the machine: {m.get('busy_before_start', 0):.0%} of all cores busy just before the run;"
+        " the `other` CPU column is what processes outside the benchmark (and PostgreSQL's shared background"
+        " processes) used during each phase",
         "",
         "Time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["phases_s"].items()) + ".",
     ]
@@ -592,12 +606,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="raw results as JSON (default: bench/results/<database>.json)")
     ap.add_argument("--admin-url", help="PostgreSQL server to create the scratch database on")
     ap.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
+    ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
+                    help="wait up to this long for other jobs to leave the CPUs idle first"
+                         " (default: 60 for a full run, 0 for --quick)")
     args = ap.parse_args(argv)
 
     if not wrk_path():
         print(WRK_MISSING, file=sys.stderr)
         return 2
     plan = Plan.make(args.quick)
+    busy_before = wait_for_quiet(args.wait_quiet if args.wait_quiet is not None else (0 if args.quick else 60))
     t_start = time.perf_counter()
     admin_url, handle = resolve_admin_url(args.admin_url)
     dbname = f"bench_{datetime.now(UTC):%Y%m%d_%H%M%S}_{os.getpid()}"
@@ -613,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(SEED_SCHEMA)
         bench = Bench(plan, url, workdir)
         bench.results["machine"] = machine_info(url)
+        bench.results["machine"]["busy_before_start"] = round(busy_before, 3)
         results = bench.run()
     finally:
         if not args.keep_db:
