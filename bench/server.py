@@ -31,9 +31,11 @@ class Gunicorn:
     """gunicorn -c gunicorn.conf.py [app]: the service (app=None) or a baseline app with the same settings."""
 
     def __init__(self, database_url: str, workdir: Path, app: str | None = None,
-                 env: dict[str, str] | None = None, config: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, config: Path | None = None, root: Path | None = None) -> None:
         self.app = app
-        self.config = config or ROOT / "gunicorn.conf.py"  # another file only for experiments
+        # Another checkout or config file: only for A/B experiments (see docs/benchmarks.md).
+        self.root = Path(root or ROOT)
+        self.config = config or self.root / "gunicorn.conf.py"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -67,7 +69,7 @@ class Gunicorn:
         if self.app:
             cmd.append(self.app)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
         deadline = time.monotonic() + wait
