@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -256,16 +255,6 @@ class Replayer:
             self.spool.counters.extra.get("dead_letter_readings", 0) + len(sub.readings))
         log.error("spool: request %s refused by the database (%s); kept in corrupt/dead-letter.jsonl",
                   sub.request_id, error[:200])
-
-
-def wait_until_drained(spool: Spool, timeout: float) -> bool:
-    """Test/ops helper: True once no segment is left in any worker directory."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if spool.usage()["segments"] == 0:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 DISABLED = {"off", "none", "disabled", "false", "0", "-"}
