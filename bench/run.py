@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,7 @@ from backend.partitions import ensure_partitions
 from .dataset import (
     QUERY_PREFIX,
     SEED_SCHEMA,
+    checkpoint,
     copy_rows,
     copy_text,
     create_copy_table,
@@ -119,23 +121,33 @@ class Bench:
 
     # ---- 1. single-message ingest ---------------------------------------------------------
 
-    SINGLE = {"bare": ("b", "bench.bare_app:app"), "seed": ("d", "bench.seed_app:app"), "service": ("s", None)}
+    # name -> (device tag, gunicorn app or None for the service, path). `nostore` is the service
+    # with ?store=false: everything a request does except storing, to split the gap to bare Flask.
+    SINGLE = {"bare": ("b", "bench.bare_app:app", "/telemetry/parse"),
+              "seed": ("d", "bench.seed_app:app", "/telemetry/parse"),
+              "nostore": ("n", None, "/telemetry/parse?store=false"),
+              "service": ("s", None, "/telemetry/parse")}
 
     def single_all(self, servers: dict[str, Gunicorn]) -> dict[str, dict[str, Any]]:
-        """The three servers take turns, round after round, so a change in the machine's other
-        load hits all of them alike; each figure is the median over the rounds."""
+        """The servers take turns, round after round, so a change in the machine's other load
+        hits all of them alike; each figure is the median over the rounds."""
         p = self.plan
         base = time.time() - 3600
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-        for name, srv in servers.items():
-            run_wrk("single.lua", srv.url + "/telemetry/parse",
-                    [srv.api_key, f"{base - 600:.3f}", f"{self.SINGLE[name][0]}w"],
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in self.SINGLE}
+
+        def url(name: str) -> str:
+            return servers["service" if name == "nostore" else name].url + self.SINGLE[name][2]
+
+        for name in self.SINGLE:
+            srv = servers["service" if name == "nostore" else name]
+            run_wrk("single.lua", url(name), [srv.api_key, f"{base - 600:.3f}", f"{self.SINGLE[name][0]}w"],
                     p.connections, p.warmup_seconds, p.wrk_threads)
         for rnd in range(p.single_rounds):
-            for name, srv in servers.items():
+            for name in self.SINGLE:
+                srv = servers["service" if name == "nostore" else name]
                 tag = f"{self.SINGLE[name][0]}{rnd}"
                 with ProcWatch(srv, self.url) as watch:
-                    r = run_wrk("single.lua", srv.url + "/telemetry/parse", [srv.api_key, f"{base:.3f}", tag],
+                    r = run_wrk("single.lua", url(name), [srv.api_key, f"{base:.3f}", tag],
                                 p.connections, p.single_seconds, p.wrk_threads)
                 r.pop("output", None)
                 runs[name].append({**r, **watch.summary(extra_cpu_s=r["wrk_cpu_s"]), "peak_rss": dict(watch.peak_rss)})
@@ -248,13 +260,14 @@ class Bench:
         with ProcWatch(None, self.url) as watch:
             gen_s = generate_readings(self.url, p.q_devices, p.q_timestamps, end)
             vac_s = vacuum_analyze(self.url)
+            ckpt_s = checkpoint(self.url)
         total = self.sql("SELECT count(*) FROM telemetry_readings")[0][0]
         size = self.sql("SELECT pg_total_relation_size(c.oid) FROM pg_class c WHERE relname = 'telemetry_readings'"
                         " UNION ALL SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i"
                         " JOIN pg_class c ON c.oid = i.inhparent WHERE c.relname = 'telemetry_readings'")
         generated = total - before
         out = {"devices": p.q_devices, "metrics": 4, "timestamps": p.q_timestamps, "generated": generated,
-               "table_rows": total, "generate_s": gen_s, "vacuum_analyze_s": vac_s,
+               "table_rows": total, "generate_s": gen_s, "vacuum_analyze_s": vac_s, "checkpoint_s": ckpt_s,
                "rows_per_s": generated / gen_s if gen_s else 0.0,
                "table_mb": round(float(size[-1][0] or 0) / 2**20), "end": end.isoformat(), **watch.summary()}
         self.log(f"generated {generated:,} readings in {gen_s:.1f} s ({out['rows_per_s']:,.0f}/s),"
@@ -309,7 +322,8 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         r = self.results
-        servers = {name: Gunicorn(self.url, self.workdir / name, app) for name, (_, app) in self.SINGLE.items()}
+        servers = {name: Gunicorn(self.url, self.workdir / name, app)
+                   for name, (_, app, _) in self.SINGLE.items() if name != "nostore"}
         srv = servers["service"]
         try:
             for server in servers.values():
@@ -514,6 +528,9 @@ def render(r: dict[str, Any]) -> str:
         f" {_ratio(svc['rps'], seed['rps']):.1f}x | >= 20x | {yes('single-message ingest >= 20x the seed design')} |",
         f"| ... readings/s (4 per request) | {_n(svc['readings_per_s'])} | bare {_n(bare['readings_per_s'])},"
         f" seed {_n(seed['readings_per_s'])} | | | |",
+        f"| ... the service with `?store=false` (auth, limits, parsing, catalogue, answer; no storage) |"
+        f" {_n(s['nostore']['rps'])} | bare Flask {_n(bare['rps'])} | {_ratio(s['nostore']['rps'], bare['rps']):.0%}"
+        " of bare | (reference) | |",
         f"| ... latency p50 / p99 | {svc['p50_ms']:.1f} / {svc['p99_ms']:.1f} ms | bare {bare['p50_ms']:.1f} /"
         f" {bare['p99_ms']:.1f} ms, seed {seed['p50_ms']:.1f} / {seed['p99_ms']:.1f} ms | | p99 < 50 ms |"
         f" {yes('single-message ingest p99 < 50 ms at 32 clients')} |",
@@ -546,7 +563,7 @@ def render(r: dict[str, Any]) -> str:
               " CPU used (cores) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, label in (("bare", "bare Flask (parse only)"), ("seed", "seed design (1 INSERT/request)"),
-                        ("service", "service")):
+                        ("nostore", "service with `?store=false` (all but storing)"), ("service", "service")):
         x = s[name]
         stored = "n/a (stores nothing)" if x["stored_readings"] is None else \
             f"{_n(x['stored_readings'])} / {_n(x['acknowledged_readings'])}"
@@ -584,7 +601,8 @@ def render(r: dict[str, Any]) -> str:
         f"Data: {d['devices']} devices x {d['metrics']} metrics x {d['timestamps']:,} timestamps at 1 s spacing"
         f" ({d['generated']:,} readings) generated inside PostgreSQL with generate_series into telemetry_readings"
         f" in {d['generate_s']:.1f} s ({_n(d['rows_per_s'])} rows/s, 2 sessions), then VACUUM ANALYZE in"
-        f" {d['vacuum_analyze_s']:.1f} s; table with indexes {d['table_mb']:,} MB. Latency: one keep-alive client,"
+        f" {d['vacuum_analyze_s']:.1f} s and a CHECKPOINT in {d.get('checkpoint_s', 0):.1f} s (so writing the"
+        f" load's dirty pages does not overlap the measurements); table with indexes {d['table_mb']:,} MB. Latency: one keep-alive client,"
         f" one request at a time, random device each time; load: wrk with {p['q_load_connections']} connections for"
         f" {p['q_load_seconds']} s.",
         "",
@@ -680,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             with psycopg.connect(admin_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         del handle
+    shutil.rmtree(workdir, ignore_errors=True)  # server logs and spools; kept when the run failed
     results["total_s"] = time.perf_counter() - t_start
     results["targets"] = [{"target": t, "value": v, "met": ok} for t, v, ok in targets(results)]
     report = render(results)
