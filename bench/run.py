@@ -550,6 +550,15 @@ def render(r: dict[str, Any]) -> str:
         key = "last-100 query p99 < 50 ms" if kind == "last100" else "24 h / 1 min aggregate p99 < 50 ms"
         lines.append(f"| {label} ({d['table_rows'] / 1e6:.1f} M readings): p50 / p99 | {x['p50_ms']:.1f} /"
                      f" {x['p99_ms']:.1f} ms | | | p99 < 50 ms | {yes(key)} |")
+    rss_single = max(svc["peak_rss_mb_each"], default=0)
+    rss_batch = max(max(b["raw"]["peak_rss_mb_each"], default=0), max(b["json"]["peak_rss_mb_each"], default=0))
+    lines.append(f"| Peak RSS per gunicorn worker, single-message / batched | {rss_single:.0f} / {rss_batch:.0f} MB |"
+                 f" bare Flask {max(bare['peak_rss_mb_each'], default=0):.0f} MB, seed"
+                 f" {max(seed['peak_rss_mb_each'], default=0):.0f} MB | | | |")
+    lines.append(f"| CPU the load generator (wrk, same 2 cores) took during the service's single-message runs |"
+                 f" {svc['wrk_cpu_s'] / max(svc['seconds'], 1e-9):.2f} cores"
+                 f" ({svc['wrk_cpu_s'] / max(svc['machine_busy_s'], 1e-9):.0%} of the busy CPU) | bare run:"
+                 f" {bare['wrk_cpu_s'] / max(bare['seconds'], 1e-9):.2f} cores | | | |")
 
     lines += ["", "### Single-message ingest (wrk, one raw string of 4 readings per request)", "",
               f"wrk {p['wrk_threads']} threads, {p['connections']} keep-alive connections. The three servers run side"
