@@ -427,10 +427,8 @@ class AlertEngine:
     # ---- wiring ----
 
     def start(self) -> None:
-        try:
-            self.reload_rules()
-        except Exception as exc:  # noqa: BLE001 - the evaluator thread retries
-            log.debug("alert rules not loaded yet: %s", exc)
+        # Rules load lazily on the evaluator thread: a worker booting while the database
+        # is down must not wait on it (that delayed its first requests by seconds).
         for target, name in ((self._evaluate_loop, "alert-evaluator"), (self._silence_loop, "alert-silence")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

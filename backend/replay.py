@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from .sinks import Sink, Submission, TransientSinkError
+from .sinks import Sink, Submission, TransientSinkError, WriteResult
 from .spool import (
     CORRUPT_DIR,
     Adoption,
@@ -235,14 +235,24 @@ class Replayer:
                     return False
                 c.replay_inserted += r.inserted
                 c.replay_duplicates += r.duplicates
+                self._observe([sub], r)
         if result is not None:
             c.replay_inserted += result.inserted
             c.replay_duplicates += result.duplicates
+            self._observe(chunk, result)
         c.replayed_records += records
         c.replayed_readings += rows
         c.replay_chunks += 1
         c.last_replay_at = datetime.now(UTC)
         return True
+
+    def _observe(self, chunk: list[Submission], result: WriteResult) -> None:
+        # Replayed readings reach the alert engine like live ones; it ignores old backlog itself.
+        if self.buffer.on_written is not None:
+            try:
+                self.buffer.on_written(chunk, result)
+            except Exception:  # noqa: BLE001 - observers must not undo a committed replay
+                log.exception("on_written observer failed during replay")
 
     def _dead_letter(self, sub: Submission, error: str) -> None:
         aside = self.spool.root / CORRUPT_DIR
