@@ -46,10 +46,33 @@ def prepare_database(cfg: Config | None = None) -> None:
     log.info("migrations applied: %s; partitions created: %d", applied or "none", created)
 
 
+def bootstrap_admin_key(data_dir: Path) -> str:
+    """First run without ADMIN_API_KEY: make one, keep it in DATA_DIR/admin_api_key (0600).
+
+    Every endpoint but /health needs a key, so a fresh `make run` would otherwise refuse
+    the operator's first curl. Set ADMIN_API_KEY (or issue keys) to replace it.
+    """
+    import secrets
+
+    path = data_dir.resolve() / "admin_api_key"
+    if path.exists():
+        key = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = "tk_admin_" + secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+    log.info("no ADMIN_API_KEY set: using the admin key in %s", path)
+    return key
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = Config.from_env()
     url, handle = resolve_database_url(cfg)
     env = dict(os.environ, DATABASE_URL=url)
+    if cfg.auth_required and not cfg.admin_api_key:
+        env["ADMIN_API_KEY"] = bootstrap_admin_key(Path(cfg.data_dir))
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *args.gunicorn_args]
     log.info("starting gunicorn on %s:%s (database: %s)", cfg.host, cfg.port,
              "embedded" if handle is not None else "DATABASE_URL")
