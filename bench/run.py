@@ -561,8 +561,9 @@ def render(r: dict[str, Any]) -> str:
                  f" {bare['wrk_cpu_s'] / max(bare['seconds'], 1e-9):.2f} cores | | | |")
 
     lines += ["", "### Single-message ingest (wrk, one raw string of 4 readings per request)", "",
-              f"wrk {p['wrk_threads']} threads, {p['connections']} keep-alive connections. The three servers run side"
-              f" by side and take turns: {p['single_rounds']} round(s) of {p['single_seconds']} s each after a"
+              f"wrk {p['wrk_threads']} threads, {p['connections']} keep-alive connections. Three gunicorn servers run"
+              " side by side (the `?store=false` runs use the service's) and the four configurations take turns:"
+              f" {p['single_rounds']} round(s) of {p['single_seconds']} s each after a"
               f" {p['warmup_seconds']} s warm-up, so a change in the machine's other load hits all of them alike;"
               " rates and percentiles are medians over the rounds. Every request carries a (device, ts) pair no"
               " other request has.",
@@ -675,11 +676,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="raw results as JSON (default: bench/results/<database>.json)")
     ap.add_argument("--admin-url", help="PostgreSQL server to create the scratch database on")
     ap.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only re-render the markdown from a results file of an earlier run (no measuring)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
                     help="wait up to this long for other jobs to leave the CPUs idle first"
                          " (default: 60 for a full run, 0 for --quick)")
     args = ap.parse_args(argv)
 
+    if args.render:
+        results = json.loads(args.render.read_text())
+        out = args.out or DOC_PATH
+        write_doc(out, render(results))
+        print(f"[bench] rendered {args.render} into {out}")
+        return 0
     if not wrk_path():
         print(WRK_MISSING, file=sys.stderr)
         return 2
