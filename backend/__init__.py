@@ -51,6 +51,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         sink,
         batch_size=cfg.batch_size,
         flush_interval=cfg.flush_interval,
+        flush_linger=cfg.flush_linger,
         max_pending=cfg.buffer_max_readings,
         max_retries=cfg.max_retries,
         retry_base_delay=cfg.retry_base_delay,

@@ -172,6 +172,7 @@ class BatchBuffer:
         *,
         batch_size: int = 500,
         flush_interval: float = 1.0,
+        flush_linger: float = 0.0,
         max_pending: int = 200_000,
         max_retries: int = 3,
         retry_base_delay: float = 0.2,
@@ -184,6 +185,7 @@ class BatchBuffer:
         self.sink = sink
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
+        self.flush_linger = flush_linger
         self.max_pending = max_pending
         self.max_retries = max(1, max_retries)
         self.retry_base_delay = retry_base_delay
@@ -388,6 +390,20 @@ class BatchBuffer:
         age = (datetime.now(UTC) - self._queue[0].received_at).total_seconds()
         return age >= self.flush_interval
 
+    def _linger(self) -> None:
+        # Group commit only pays when a commit carries many requests: with single-reading
+        # requests a flush's fixed cost (round trip, transaction) dominated and only 1-2
+        # requests shared it (docs/benchmarks.md). Waiting a few ms for the requests already
+        # being parsed costs that much latency and saves most of the per-flush work.
+        if self.flush_linger <= 0 or self._flush_requested or self._closing or self._open:
+            return
+        deadline = time.monotonic() + self.flush_linger
+        while self._pending_rows < self.batch_size and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
     def _take(self) -> list[Submission]:
         batch: list[Submission] = []
         rows = 0
@@ -407,6 +423,7 @@ class BatchBuffer:
                     if self._closing and not self._queue:
                         return
                     self._cond.wait(timeout=min(self.flush_interval, 0.25))
+                self._linger()
                 batch = self._take()
             held = False
             try:
