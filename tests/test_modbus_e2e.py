@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,30 +18,10 @@ import pytest
 
 from backend.modbus.registers import WordOrder
 from backend.modbus.simulator import SimServer, SimulatedDevice
-
-try:  # the lead's fixture module; without it there is no server to test against
-    import tests.live_server  # noqa: F401
-except ImportError:  # pragma: no cover
-    pytest.skip("tests/live_server.py (live_server fixture) is not available yet", allow_module_level=True)
+from tests.live_server import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def queued(path: Path) -> list[dict[str, Any]]:

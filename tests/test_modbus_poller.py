@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ from backend.modbus.config import ConfigError, load_config, parse_config
 from backend.modbus.poller import Poller, poll_once
 from backend.modbus.registers import DataType, Table, WordOrder, shortest_float32
 from backend.modbus.simulator import SimServer, SimulatedDevice
+from tests.live_server import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,22 +30,6 @@ NIVUS_VALUES = {
     WordOrder.BADC: (1234.5678, 0.0, 21.0, 0x0085),
     WordOrder.DCBA: (-7.25, 1e6, 99.5, 0xFFFF),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 class SocatPair:
