@@ -140,7 +140,7 @@ class TcpProxy:
             self._held.append(client)
             return
         try:
-            upstream = socket.create_connection(self.target, timeout=5)
+            upstream = self._connect_upstream()
         except OSError:
             _close(client)
             return
@@ -148,6 +148,16 @@ class TcpProxy:
         self._pairs[upstream] = client
         sel.register(client, selectors.EVENT_READ)
         sel.register(upstream, selectors.EVENT_READ)
+
+    def _connect_upstream(self) -> socket.socket:
+        host, port = self.target
+        if host.startswith("/"):
+            # The embedded PostgreSQL listens on a Unix socket only (libpq's host=/dir form).
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            upstream.connect(f"{host}/.s.PGSQL.{port}")
+            return upstream
+        return socket.create_connection(self.target, timeout=5)
 
     def _drop(self, sel: selectors.BaseSelector, a: socket.socket, b: socket.socket) -> None:
         for s in (a, b):

