@@ -107,6 +107,21 @@ def test_outage_spools_then_replays_each_reading_once(make_buffer, db, db_proxy)
     assert buf.spool.status()["replayed_readings_total"] == 150
 
 
+def test_replayed_chunks_reach_the_write_observers(make_buffer, db, db_proxy):
+    # The alert engine observes committed writes; readings that went through the spool must
+    # reach it too (it skips old backlog by measurement time itself).
+    buf = make_buffer()
+    seen: list[uuid.UUID] = []
+    buf.on_written = lambda batch, result: seen.extend(s.request_id for s in batch)
+    db_proxy.down()
+    subs = [sub("obs") for _ in range(5)]
+    assert [put(buf, s) for s in subs] == ["spooled"] * 5
+    assert seen == []
+    db_proxy.up()
+    assert wait_for(lambda: count(db, "obs")[0] == 25)
+    assert wait_for(lambda: {s.request_id for s in subs} <= set(seen))
+
+
 def test_probe_delays_grow_exponentially_with_jitter_up_to_the_cap(make_buffer, db_proxy):
     buf = make_buffer(retry_base_delay=0.01, retry_max_delay=0.16, probe_timeout=0.5)
     db_proxy.down()
