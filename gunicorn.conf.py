@@ -38,6 +38,15 @@ def on_starting(server):
         server.log.warning("database not reachable at start (%s); migrations run at the next start", exc)
 
 
+def post_worker_init(worker):
+    # The app is loaded: move its objects out of the garbage collector's view. Every batch
+    # creates thousands of short-lived objects, and each full collection would otherwise
+    # walk the whole loaded application too (measured: parsing ~15% faster with a loaded heap).
+    import gc
+
+    gc.freeze()
+
+
 def worker_exit(server, worker):
     # Graceful stop and max_requests recycling: write what this worker still holds.
     app = getattr(worker, "wsgi", None)

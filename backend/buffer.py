@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,7 @@ class BufferStats:
     failed_attempts: int = 0
     retried: int = 0
     flushes: int = 0
+    flushes_by_method: dict[str, int] = field(default_factory=dict)
     spooled: int = 0
     refused: int = 0
     failed: int = 0
@@ -205,8 +206,13 @@ class BatchBuffer:
         self._flush_requested = False
         self._closing = False
         self._closed = False
-        self._cond = threading.Condition()
-        self._idle = threading.Condition(self._cond)
+        # One lock, three wait lists, so a request wakes only the thread that needs it: with
+        # one shared Condition every submit woke the flusher and the probe thread alike, and
+        # those wake-ups were the largest single CPU cost of a request (py-spy, --gil).
+        self._cond = threading.Condition()  # the flusher waits here for work
+        self._idle = threading.Condition(self._cond)  # flush() and the replayer wait for flushes
+        self._circuit = threading.Condition(self._cond)  # the probe thread waits for the circuit
+        self._flusher_waiting = False  # the flusher sleeps until a flush is due
         self._thread: threading.Thread | None = None
         self._probe_thread: threading.Thread | None = None
         # circuit breaker
@@ -245,7 +251,8 @@ class BatchBuffer:
                 raise BufferFull(f"{self._pending_rows} readings already pending", retry_after=2)
             self._queue.append(sub)
             self._pending_rows += rows
-            self._cond.notify_all()
+            if self._pending_rows >= self.batch_size:
+                self._cond.notify()  # ends an idle wait or a linger: the batch is full
         return sub
 
     def wait(self, sub: Submission, timeout: float) -> bool:
@@ -254,7 +261,8 @@ class BatchBuffer:
             return True
         with self._cond:
             self._waiters += 1
-            self._cond.notify_all()
+            if self._flusher_waiting:
+                self._cond.notify()  # a lingering or busy flusher picks this up on its own
         try:
             return sub.done.wait(timeout)
         finally:
@@ -288,6 +296,7 @@ class BatchBuffer:
             self._closing = True
             self._closed = True
             self._cond.notify_all()
+            self._circuit.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._probe_thread is not None:
@@ -332,6 +341,7 @@ class BatchBuffer:
             "refused_total": s.refused,
             "failed_total": s.failed,
             "flushes_total": s.flushes,
+            "flushes_by_method": dict(s.flushes_by_method),
             "last_flush_at": s.last_flush_at.isoformat() if s.last_flush_at else None,
             "last_flush_rows": s.last_flush_rows,
             "last_flush_ms": round(s.last_flush_ms, 2),
@@ -422,7 +432,11 @@ class BatchBuffer:
                 while not self._should_flush(time.monotonic()):
                     if self._closing and not self._queue:
                         return
-                    self._cond.wait(timeout=min(self.flush_interval, 0.25))
+                    self._flusher_waiting = True
+                    try:
+                        self._cond.wait(timeout=min(self.flush_interval, 0.25))
+                    finally:
+                        self._flusher_waiting = False
                 self._linger()
                 batch = self._take()
             held = False
@@ -468,6 +482,8 @@ class BatchBuffer:
         self._probe_attempt = 0
         s = self.stats
         s.flushes += 1
+        if result.method:
+            s.flushes_by_method[result.method] = s.flushes_by_method.get(result.method, 0) + 1
         s.written += result.inserted
         s.duplicates += result.duplicates
         s.quarantined += result.quarantined
@@ -584,6 +600,7 @@ class BatchBuffer:
             self._outages.append({"opened_at": self._opened_at.isoformat(), "closed_at": None,
                                   "reason": self._open_reason, "probes": deque(maxlen=200)})
             self._cond.notify_all()
+            self._circuit.notify_all()
         log.warning("database unreachable (%s): circuit open, new batches go to the spool; probing in the"
                     " background", reason[:200])
 
@@ -597,6 +614,7 @@ class BatchBuffer:
                 self._outages[-1]["closed_at"] = datetime.now(UTC).isoformat()
             self.sink_ok.set()
             self._cond.notify_all()
+            self._circuit.notify_all()
         log.warning("database reachable again after %.1fs: circuit closed",
                     time.monotonic() - self._opened_mono)
 
@@ -617,7 +635,7 @@ class BatchBuffer:
         last_probe_mono: float | None = None
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._open or self._closing)
+                self._circuit.wait_for(lambda: self._open or self._closing)
                 if self._closing:
                     return
                 attempt = self._probe_attempt
@@ -625,7 +643,7 @@ class BatchBuffer:
                     last_probe_mono = self._opened_mono
                 delay = self.probe_delay(attempt)
                 self._next_probe_mono = time.monotonic() + delay
-                if self._cond.wait_for(lambda: self._closing or not self._open, timeout=delay):
+                if self._circuit.wait_for(lambda: self._closing or not self._open, timeout=delay):
                     if self._closing:
                         return
                     continue  # closed by a successful write meanwhile

@@ -80,6 +80,11 @@ class FieldCatalogue:
                 good.append(msg)
         return good, errors
 
+    def confirms(self, readings: list[Reading]) -> bool:
+        """True when every reading's metric has a type registered in PostgreSQL (as checked)."""
+        types = self._types
+        return all(r.metric in types for r in readings)
+
     def _register(self, messages: list[Message], names: set[str]) -> None:
         first_type: dict[str, str] = {}
         for m in messages:

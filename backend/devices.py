@@ -1,7 +1,7 @@
 """Devices: online status, latest value of every metric, and admin-edited metadata.
 
 `devices` rows are created and their last_seen kept by the write path (0001); the latest
-values come from `device_latest`, which a trigger keeps as readings are inserted (0002),
+values come from `device_latest`, which the write path keeps (migrations/0011),
 so listing the fleet is one index scan per device, not a search through the readings.
 """
 

@@ -116,6 +116,11 @@ def ingest(
         result.messages = allowed
     messages, type_errors = catalogue.check(result.messages)
     errors: list[ParseError] = sorted(result.errors + type_errors, key=lambda e: e.position)
+    if "\x00" in body:
+        # Kept for debugging, but PostgreSQL text cannot hold NUL: stored as U+FFFD (the
+        # values with one were refused by the parser, so no reading is changed by this).
+        body = body.replace("\x00", "\ufffd")
+        errors = [ParseError(e.position, e.reason, e.raw.replace("\x00", "\ufffd")) for e in errors]
     request_id = uuid.uuid4()
     readings = [r for m in messages for r in m.readings]
     body_out: dict[str, Any] = {
@@ -145,6 +150,7 @@ def ingest(
         parser_version=PARSER_VERSION,
         data_source=cfg.data_source,
         rejected=errors,
+        typed=catalogue.confirms(readings),
     )
     try:
         buffer.submit(sub)

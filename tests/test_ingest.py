@@ -215,3 +215,17 @@ def test_unknown_fields_are_catalogued(client, db):
     client.post("/telemetry/parse", data="rotor_rpm:1200", headers={**RAW, "X-Device-Id": "d"})
     c = client.get("/config").json
     assert "rotor_rpm" in {f["name"] for f in c["fields"]}
+
+
+def test_nul_character_is_refused_per_field_and_the_rest_is_stored(client, db):
+    # PostgreSQL text cannot hold NUL: a value with one is a 4xx reason for its line only,
+    # never a failed flush (which would be a 503 for every request sharing it).
+    r = client.post("/telemetry/parse", data="note:a\x00b,alt:1\nalt:2,ts:1763900000",
+                    headers={**RAW, "X-Device-Id": "nul"})
+    assert r.status_code == 207, r.json
+    assert r.json["accepted"] == 1 and "NUL" in r.json["rejected"][0]["reason"]
+    assert rows(db) == [("nul", "alt", 2.0, None)]
+    raw, = db.execute("SELECT payload FROM telemetry_raw").fetchone()
+    assert raw == "note:a\ufffdb,alt:1\nalt:2,ts:1763900000"
+    q = db.execute("SELECT raw FROM telemetry_quarantine WHERE device_id = 'nul'").fetchall()
+    assert q == [("note:a\ufffdb,alt:1",)]

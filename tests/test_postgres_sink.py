@@ -101,3 +101,70 @@ def test_concurrent_flushers_on_the_same_rows_stay_idempotent(database_url, db):
         for b, p in zip(buffers, pools, strict=True):
             b.close(5)
             p.close()
+
+
+def test_big_confirmed_batch_is_copied_and_a_resend_is_stored_once(database_url, db):
+    # >= COPY_MIN_READINGS readings of confirmed types go in by COPY; when some of them are
+    # already stored the COPY fails on the unique key and the idempotent path stores the rest.
+    from backend.sinks.postgres import COPY_MIN_READINGS
+
+    pool = make_pool(database_url, 1, 2)
+    sink = PostgresSink(pool)
+    try:
+        t0 = datetime(2026, 11, 20, tzinfo=UTC)
+        n = COPY_MIN_READINGS + 44
+        first = submission("copy-dev", n, t0)
+        first.typed = True
+        r1 = sink.write([first])
+        assert (r1.method, r1.inserted, r1.duplicates) == ("copy", n, 0)
+        assert r1.per_request[first.request_id] == (n, 0)
+
+        again = submission("copy-dev", n + 100, t0)  # the same n readings, then 100 new ones
+        again.typed = True
+        r2 = sink.write([again])
+        assert (r2.method, r2.inserted, r2.duplicates) == ("insert", 100, n)
+        assert r2.per_request[again.request_id] == (100, 0)
+
+        small = submission("copy-dev", 10, t0 + timedelta(days=1))
+        small.typed = True
+        assert sink.write([small]).method == "insert"  # below the threshold: one round trip
+
+        rows = db.execute("SELECT count(*), count(DISTINCT ts) FROM telemetry_readings"
+                          " WHERE device_id = 'copy-dev'").fetchone()
+        assert rows == (n + 110, n + 110)
+        latest = db.execute("SELECT ts, value FROM device_latest WHERE device_id = 'copy-dev'").fetchone()
+        assert latest == (t0 + timedelta(days=1, seconds=9), 9.0)
+        assert db.execute("SELECT count(*) FROM devices WHERE device_id = 'copy-dev'").fetchone()[0] == 1
+    finally:
+        pool.close()
+
+
+def test_unconfirmed_batch_is_type_checked_in_the_database(database_url, db):
+    # Readings the worker could not check (spool replay, catalogue unreachable) are checked
+    # by telemetry_write(): a value of the wrong type goes to quarantine, the rest is stored.
+    pool = make_pool(database_url, 1, 2)
+    sink = PostgresSink(pool)
+    try:
+        t0 = datetime(2026, 11, 21, tzinfo=UTC)
+        readings = [Reading("chk", "alt", t0, 1.0), Reading("chk", "alt", t0 + timedelta(seconds=1), None, "high"),
+                    Reading("chk", "brand_new_metric", t0, 2.5)]
+        sub = Submission(request_id=uuid.uuid4(), readings=readings, received_at=datetime.now(UTC))
+        result = sink.write([sub])
+        assert (result.inserted, result.quarantined, result.duplicates) == (2, 1, 0)
+        assert result.per_request[sub.request_id] == (2, 1)
+        reason = db.execute("SELECT reason FROM telemetry_quarantine WHERE request_id = %s",
+                            (sub.request_id,)).fetchone()[0]
+        assert "alt is number" in reason
+        assert db.execute("SELECT value_type FROM telemetry_fields WHERE name = 'brand_new_metric'"
+                          ).fetchone()[0] == "number"
+        # the mistyped reading is newer, but only readings that were stored count as latest
+        latest = db.execute("SELECT metric, ts, value, value_text FROM device_latest WHERE device_id = 'chk'"
+                            " ORDER BY metric").fetchall()
+        assert latest == [("alt", t0, 1.0, None), ("brand_new_metric", t0, 2.5, None)]
+        older = Submission(request_id=uuid.uuid4(), readings=[Reading("chk", "alt", t0 - timedelta(hours=1), 7.0)],
+                           received_at=datetime.now(UTC), typed=True)
+        sink.write([older])  # a backlog reading never replaces a newer latest value
+        assert db.execute("SELECT value FROM device_latest WHERE device_id = 'chk' AND metric = 'alt'"
+                          ).fetchone()[0] == 1.0
+    finally:
+        pool.close()

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 PARSER_VERSION = "2.0"
 MAX_NAME_LEN = 64
@@ -23,10 +23,22 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 TIME_KEYS = ("ts", "timestamp", "time")
 DEVICE_KEYS = ("device_id", "device")
+_SPECIAL_KEYS = frozenset(TIME_KEYS + DEVICE_KEYS)
+_NUMBER_START = frozenset("+-.0123456789")
+# Names that already passed check_name(): gateways send the same few names in every
+# message, so the regular expression runs once per name, not once per reading.
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """One value of one metric of one device at one time.
+
+    A NamedTuple, not a frozen dataclass: a batch of 1,000 readings creates 1,000 of them
+    per request, and a frozen dataclass's __init__ (object.__setattr__ per field) was the
+    largest single cost of parsing (py-spy, docs/benchmarks.md).
+    """
+
     device_id: str
     metric: str
     ts: datetime
@@ -48,13 +60,32 @@ class ParseError:
         return {"position": self.position, "reason": self.reason, "raw": self.raw[:200]}
 
 
-@dataclass(slots=True)
 class Message:
-    """One line or one JSON object: the readings it produced and its raw text."""
+    """One line or one JSON object: the readings it produced and its raw text.
 
-    position: int
-    raw: str
-    readings: list[Reading]
+    `raw` may be given as a function: the JSON parser re-serialises an object only when
+    the text is needed (an error, a single-message answer), not for every object.
+    """
+
+    __slots__ = ("position", "readings", "_raw")
+
+    def __init__(self, position: int, raw: str | Callable[[], str], readings: list[Reading]) -> None:
+        self.position = position
+        self.readings = readings
+        self._raw = raw
+
+    @property
+    def raw(self) -> str:
+        if not isinstance(self._raw, str):
+            self._raw = self._raw()
+        return self._raw
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Message) and (self.position, self.raw, self.readings)
+                == (other.position, other.raw, other.readings))
+
+    def __repr__(self) -> str:
+        return f"Message(position={self.position!r}, raw={self.raw!r}, readings={self.readings!r})"
 
 
 @dataclass(slots=True)
@@ -115,12 +146,16 @@ def parser_names() -> list[str]:
 
 
 def check_name(name: str) -> str:
+    if name in _VALID_NAMES:
+        return name
     if not name:
         raise InvalidValue("empty field name")
     if len(name) > MAX_NAME_LEN:
         raise InvalidValue(f"field name longer than {MAX_NAME_LEN} characters")
     if not NAME_RE.match(name):
         raise InvalidValue(f"field name {name[:40]!r} has characters outside [A-Za-z0-9_.-]")
+    if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+        _VALID_NAMES.add(name)
     return name
 
 
@@ -143,12 +178,7 @@ def coerce_text_value(name: str, text: str) -> tuple[float | None, str | None]:
     text = text.strip()
     if text == "":
         raise InvalidValue(f"field {name!r}: empty value")
-    lowered = text.lower()
-    if lowered in _BOOLS:
-        return _BOOLS[lowered], None
-    if lowered in {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}:
-        raise InvalidValue(f"field {name!r}: {text} is not a finite number")
-    if text[0] in "+-.0123456789":
+    if text[0] in _NUMBER_START:  # the common case first: a plain number
         try:
             number = float(text)
         except ValueError:
@@ -157,6 +187,13 @@ def coerce_text_value(name: str, text: str) -> tuple[float | None, str | None]:
             if not math.isfinite(number):
                 raise InvalidValue(f"field {name!r}: {text} is not a finite number")
             return number, None
+    if "\x00" in text:  # PostgreSQL text cannot hold it: refuse the field, not the whole flush
+        raise InvalidValue(f"field {name!r}: text value contains a NUL character")
+    lowered = text.lower()
+    if lowered in _BOOLS:
+        return _BOOLS[lowered], None
+    if lowered in {"nan", "inf", "infinity"}:  # signed forms were refused as numbers above
+        raise InvalidValue(f"field {name!r}: {text} is not a finite number")
     if len(text) > MAX_TEXT_LEN:
         raise InvalidValue(f"field {name!r}: text value longer than {MAX_TEXT_LEN} characters")
     return None, text
@@ -225,7 +262,7 @@ def _looks_numeric(text: str) -> bool:
 
 def build_message(
     position: int,
-    raw: str,
+    raw: str | Callable[[], str],
     fields: Iterable[tuple[str, Any]],
     ctx: ParseContext,
     coerce: Callable[[str, Any], tuple[float | None, str | None]],
@@ -241,11 +278,11 @@ def build_message(
     seen: set[str] = set()
     for name, value in fields:
         key = name.strip() if isinstance(name, str) else name
-        if key in DEVICE_KEYS:
-            device_id = value
-            continue
-        if key in TIME_KEYS:
-            ts = parse_time(value, ctx)
+        if key in _SPECIAL_KEYS:
+            if key in DEVICE_KEYS:
+                device_id = value
+            else:
+                ts = parse_time(value, ctx)
             continue
         check_name(key)
         if key in seen:
@@ -256,4 +293,5 @@ def build_message(
     device = check_device_id(device_id)
     if not values:
         raise InvalidValue("no readings in message")
-    return Message(position, raw, [Reading(device, n, ts, v, t) for n, v, t in values])
+    make = Reading._make
+    return Message(position, raw, [make((device, n, ts, v, t)) for n, v, t in values])

@@ -8,6 +8,7 @@ Shapes accepted, all as one object per message:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -49,7 +50,7 @@ class JsonParser:
                 continue
             try:
                 fields = list(_fields(item))
-                result.messages.append(build_message(index, _raw(item), fields, ctx, coerce_json_value))
+                result.messages.append(build_message(index, partial(_raw, item), fields, ctx, coerce_json_value))
             except InvalidValue as exc:
                 result.errors.append(ParseError(index, str(exc), _raw(item)))
         return result

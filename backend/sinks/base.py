@@ -33,6 +33,9 @@ class Submission:
     parser_version: str = ""
     data_source: str = ""
     rejected: list[ParseError] = field(default_factory=list)
+    # True when the worker's field catalogue confirmed every reading's type, so the sink
+    # can skip its own type check (spooled and replayed submissions are never "typed").
+    typed: bool = False
     # Filled in when the write ends; `done` releases the waiting request.
     done: threading.Event = field(default_factory=threading.Event)
     outcome: str = "pending"  # committed | spooled | failed
@@ -54,6 +57,8 @@ class WriteResult:
     quarantined: int = 0
     # per request_id: (inserted, quarantined); only sinks that can tell fill this in
     per_request: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+    # how the sink wrote it (the PostgreSQL sink: "copy" or "insert"); shown in the batch status
+    method: str = ""
 
     @property
     def duplicates(self) -> int:

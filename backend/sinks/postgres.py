@@ -1,15 +1,16 @@
-"""PostgreSQL sink: COPY into a session's staging table, then idempotent inserts.
+"""PostgreSQL sink: one idempotent telemetry_write() call per flush.
 
-Works through Supabase's transaction-mode pooler: the staging table is emptied at every
-commit (ON COMMIT DELETE ROWS) and created if missing in every transaction (so a transaction
-that lands on another server session finds one), and no prepared statement outlives it
-(prepare_threshold=None on the pool's connections).
+Readings go in with ON CONFLICT (device_id, metric, ts) DO NOTHING, so a batch written twice
+(a retry after a lost connection, a spool replay) stores each reading once. Works through
+Supabase's transaction-mode pooler: a flush is a single statement in autocommit and no
+prepared statement outlives it (prepare_threshold=None on the pool's connections).
 """
 
 from __future__ import annotations
 
 import logging
 
+import orjson
 import psycopg
 from psycopg_pool import ConnectionPool
 
@@ -17,68 +18,22 @@ from .base import Submission, TransientSinkError, WriteResult
 
 log = logging.getLogger(__name__)
 
-# Created once per session, not per flush: CREATE + DROP of a temp table cost more
-# PostgreSQL CPU than the rest of a small flush (docs/benchmarks.md). Change its shape only
-# together with its name (sessions keep the old table).
-_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
-    device_id text, metric text, ts timestamptz, value double precision,
-    value_text text, received_at timestamptz, request_id uuid
-) ON COMMIT DELETE ROWS
-"""
-# Binary COPY: about 4x less client CPU per row than text, and no timestamp parsing on the server.
+# The whole flush is one call of telemetry_write() (migrations/0011_write_function.sql): one
+# statement in autocommit, so one round trip and one transaction, with plans PL/pgSQL keeps
+# for the session. The batch travels as one JSON document that orjson writes in C.
+_WRITE = "SELECT req, n_inserted, n_quarantined FROM telemetry_write(%s::jsonb, %s)"
+# Big batches whose metric types the worker confirmed: COPY straight into the table. COPY
+# inserts rows in bulk; INSERT ... ON CONFLICT inserts them one at a time with a
+# speculative insertion each. Measured per reading: 10.4 vs 16-17 us of PostgreSQL CPU, and
+# less client CPU (docs/benchmarks.md). A duplicate reading (a gateway re-sending a batch)
+# aborts the COPY's transaction; the batch then goes through telemetry_write(), which
+# skips what is already stored. Below this size the extra round trips cost more than COPY saves.
+COPY_MIN_READINGS = 256
 _COPY = (
-    "COPY telemetry_stage (device_id, metric, ts, value, value_text, received_at, request_id)"
+    "COPY telemetry_readings (device_id, metric, ts, value, value_text, received_at, request_id)"
     " FROM STDIN (FORMAT BINARY)"
 )
-_STAGE_TYPES = ["text", "text", "timestamptz", "float8", "text", "timestamptz", "uuid"]
-# First sight of a metric fixes its type; ordered so concurrent writers lock in one order.
-_CATALOGUE = """
-INSERT INTO telemetry_fields (name, value_type)
-SELECT metric, min(CASE WHEN value_text IS NULL THEN 'number' ELSE 'text' END)
-FROM telemetry_stage GROUP BY metric ORDER BY metric
-ON CONFLICT (name) DO NOTHING
-"""
-# A reading whose type contradicts the catalogue is kept in quarantine, not dropped.
-_QUARANTINE_MISTYPED = """
-WITH bad AS (
-    DELETE FROM telemetry_stage s USING telemetry_fields f
-    WHERE f.name = s.metric
-      AND f.value_type <> CASE WHEN s.value_text IS NULL THEN 'number' ELSE 'text' END
-    RETURNING s.*, f.value_type AS want
-)
-INSERT INTO telemetry_quarantine (received_at, request_id, device_id, reason, raw)
-SELECT received_at, request_id, device_id,
-       format('metric %s is %s; got %s', metric, want, coalesce(value_text, value::text)),
-       format('%s:%s', metric, coalesce(value_text, value::text))
-FROM bad
-RETURNING request_id
-"""
-# Counted per request in SQL: one row per request comes back, not one per reading.
-_INSERT = """
-WITH ins AS (
-    INSERT INTO telemetry_readings (device_id, metric, ts, value, value_text, received_at, request_id)
-    SELECT device_id, metric, ts, value, value_text, received_at, request_id FROM telemetry_stage
-    ON CONFLICT (device_id, metric, ts) DO NOTHING
-    RETURNING request_id
-)
-SELECT request_id, count(*) FROM ins GROUP BY request_id
-"""
-_DEVICES = """
-INSERT INTO devices (device_id, first_seen, last_seen)
-SELECT device_id, min(received_at), max(received_at) FROM telemetry_stage
-GROUP BY device_id ORDER BY device_id
-ON CONFLICT (device_id) DO UPDATE SET last_seen = greatest(devices.last_seen, excluded.last_seen)
-"""
-_RAW = (
-    "COPY telemetry_raw (request_id, received_at, device_id, parser_version, data_source,"
-    " content_type, payload) FROM STDIN (FORMAT BINARY)"
-)
-_RAW_TYPES = ["uuid", "timestamptz", "text", "text", "text", "text", "text"]
-_REJECTED = (
-    "COPY telemetry_quarantine (received_at, request_id, device_id, position, reason, raw)"
-    " FROM STDIN"
-)
+_COPY_TYPES = ["text", "text", "timestamptz", "float8", "text", "timestamptz", "uuid"]
 
 
 class PostgresSink:
@@ -94,16 +49,14 @@ class PostgresSink:
         self.after_commit_hook = None
 
     def write(self, batch: list[Submission]) -> WriteResult:
-        result = WriteResult()
         try:
             with self.pool.connection() as conn:
-                with conn.transaction():
-                    if any(s.done.is_set() for s in batch):  # the buffer gave up (deadline) and spooled it
-                        raise TransientSinkError("write abandoned: the batch was handled after its deadline")
-                    todo = self._not_yet_written(conn, batch) if self.replay else batch
-                    self._write(conn, todo, result)
-                    if len(todo) != len(batch):  # already stored: counted as duplicates
-                        result.staged += sum(len(s.readings) for s in batch) - sum(len(s.readings) for s in todo)
+                if any(s.done.is_set() for s in batch):  # the buffer gave up (deadline) and spooled it
+                    raise TransientSinkError("write abandoned: the batch was handled after its deadline")
+                todo = self._not_yet_written(conn, batch) if self.replay else batch
+                result = self._write(conn, todo)
+                if len(todo) != len(batch):  # already stored: counted as duplicates
+                    result.staged += sum(len(s.readings) for s in batch) - sum(len(s.readings) for s in todo)
         except psycopg.OperationalError as exc:
             raise TransientSinkError(str(exc).strip() or type(exc).__name__) from exc
         except psycopg.errors.SerializationFailure as exc:
@@ -114,45 +67,55 @@ class PostgresSink:
             self.after_commit_hook(batch)
         return result
 
-    def _write(self, conn: psycopg.Connection, batch: list[Submission], result: WriteResult) -> None:
-        cur = conn.cursor()
-        staged = 0
-        if any(s.readings for s in batch):
-            cur.execute(_STAGE)
-            with cur.copy(_COPY) as copy:
-                copy.set_types(_STAGE_TYPES)
-                for sub in batch:
-                    rid = sub.request_id
-                    for r in sub.readings:
-                        copy.write_row((r.device_id, r.metric, r.ts, r.value, r.value_text, sub.received_at, rid))
-                    staged += len(sub.readings)
-            # One round trip for the four statements (simple query protocol, no parameters).
-            cur.execute(";".join((_CATALOGUE, _QUARANTINE_MISTYPED, _INSERT, _DEVICES)))
-            cur.nextset()
-            quarantined: dict = {}
-            for (rid,) in cur.fetchall():
-                quarantined[rid] = quarantined.get(rid, 0) + 1
-            cur.nextset()
-            inserted: dict = dict(cur.fetchall())
-            result.staged = staged
-            result.inserted = sum(inserted.values())
-            result.quarantined = sum(quarantined.values())
-            result.per_request = {
-                s.request_id: (inserted.get(s.request_id, 0), quarantined.get(s.request_id, 0)) for s in batch
-            }
-        if self.store_raw and any(s.raw_payload is not None for s in batch):
-            with cur.copy(_RAW) as copy:
-                copy.set_types(_RAW_TYPES)
-                for sub in batch:
-                    if sub.raw_payload is not None:
-                        copy.write_row((sub.request_id, sub.received_at, sub.device_id, sub.parser_version,
-                                        sub.data_source, sub.content_type, sub.raw_payload))
-        if any(s.rejected for s in batch):
-            with cur.copy(_REJECTED) as copy:
-                for sub in batch:
-                    for err in sub.rejected:
-                        copy.write_row((sub.received_at, sub.request_id, sub.device_id, err.position,
-                                        err.reason, err.raw))
+    def _write(self, conn: psycopg.Connection, batch: list[Submission]) -> WriteResult:
+        staged = sum(len(s.readings) for s in batch)
+        if staged >= COPY_MIN_READINGS and all(s.typed for s in batch if s.readings):
+            try:
+                with conn.transaction():
+                    with conn.cursor().copy(_COPY) as copy:
+                        copy.set_types(_COPY_TYPES)
+                        write_row = copy.write_row
+                        for sub in batch:
+                            received, rid = sub.received_at, sub.request_id
+                            for r in sub.readings:
+                                write_row((r.device_id, r.metric, r.ts, r.value, r.value_text, received, rid))
+                    conn.execute(_WRITE, (self._document(batch, readings=False, latest=True), False)).fetchall()
+            except psycopg.errors.UniqueViolation:
+                pass  # some readings are stored already: the idempotent path below
+            else:
+                return WriteResult(staged=staged, inserted=staged, method="copy",
+                                   per_request={s.request_id: (len(s.readings), 0) for s in batch})
+        check_types = any(not s.typed for s in batch if s.readings)
+        rows = conn.execute(_WRITE, (self._document(batch, readings=True, latest=not check_types),
+                                     check_types)).fetchall()
+        per = {rid: (int(i), int(q)) for rid, i, q in rows}
+        return WriteResult(
+            staged=staged,
+            inserted=sum(i for i, _ in per.values()),
+            quarantined=sum(q for _, q in per.values()),
+            per_request={s.request_id: per.get(s.request_id, (0, 0)) for s in batch},
+            method="insert",
+        )
+
+    def _document(self, batch: list[Submission], readings: bool, latest: bool) -> str:
+        """telemetry_write()'s batch document (its layout is described in the migration)."""
+        r: list[tuple] = []
+        w: list[tuple] = []
+        q: list[tuple] = []
+        d: list[tuple] = []
+        for sub in batch:
+            received, rid = sub.received_at, sub.request_id
+            if readings:
+                r += [(x.device_id, x.metric, x.ts, x.value, x.value_text, received, rid) for x in sub.readings]
+            if self.store_raw and sub.raw_payload is not None:
+                w.append((rid, received, sub.device_id, sub.parser_version, sub.data_source, sub.content_type,
+                          sub.raw_payload))
+            q += [(received, rid, sub.device_id, e.position, e.reason, e.raw) for e in sub.rejected]
+            d += [(device_id, received) for device_id in {x.device_id for x in sub.readings}]
+        doc = {"r": r, "w": w, "q": q, "d": d}
+        if latest:
+            doc["l"] = _latest(batch)
+        return orjson.dumps(doc).decode()
 
     @staticmethod
     def _not_yet_written(conn: psycopg.Connection, batch: list[Submission]) -> list[Submission]:
@@ -171,3 +134,17 @@ class PostgresSink:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _latest(batch: list[Submission]) -> list[tuple]:
+    """The newest reading of each (device, metric) in the batch, for device_latest."""
+    best: dict[tuple[str, str], tuple] = {}
+    for sub in batch:
+        received = sub.received_at
+        # Newest first: readings mostly arrive in time order, so each key is set once.
+        for r in reversed(sub.readings):
+            key = (r.device_id, r.metric)
+            cur = best.get(key)
+            if cur is None or r.ts > cur[2]:
+                best[key] = (r.device_id, r.metric, r.ts, r.value, r.value_text, received)
+    return list(best.values())
