@@ -213,6 +213,7 @@ class BatchBuffer:
         self._idle = threading.Condition(self._cond)  # flush() and the replayer wait for flushes
         self._circuit = threading.Condition(self._cond)  # the probe thread waits for the circuit
         self._flusher_waiting = False  # the flusher sleeps until a flush is due
+        self._last_batch_len = 0  # submissions in the previous flush: is there concurrent load?
         self._thread: threading.Thread | None = None
         self._probe_thread: threading.Thread | None = None
         # circuit breaker
@@ -407,6 +408,8 @@ class BatchBuffer:
         # being parsed costs that much latency and saves most of the per-flush work.
         if self.flush_linger <= 0 or self._flush_requested or self._closing or self._open:
             return
+        if len(self._queue) <= 1 and self._last_batch_len <= 1:
+            return  # one request at a time (a lone gateway): nobody to wait for, so no added latency
         deadline = time.monotonic() + self.flush_linger
         while self._pending_rows < self.batch_size and not self._closing:
             remaining = deadline - time.monotonic()
@@ -424,6 +427,7 @@ class BatchBuffer:
             rows += len(sub.readings)
         self._pending_rows -= rows
         self._in_flight = rows
+        self._last_batch_len = len(batch)
         return batch
 
     def _run(self) -> None:

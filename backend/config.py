@@ -41,7 +41,7 @@ class Config:
     # Ingest and batching
     batch_size: int = 500
     flush_interval: float = 1.0
-    flush_linger: float = 0.005
+    flush_linger: float = 0.010
     max_retries: int = 3
     retry_base_delay: float = 0.2
     retry_max_delay: float = 30.0
@@ -102,7 +102,7 @@ class Config:
             db_pool_max=_int(g("DB_POOL_MAX"), 4),
             batch_size=_int(g("BATCH_SIZE"), 500),
             flush_interval=_float(g("FLUSH_INTERVAL"), 1.0),
-            flush_linger=_float(g("FLUSH_LINGER"), 0.005),
+            flush_linger=_float(g("FLUSH_LINGER"), 0.010),
             max_retries=_int(g("MAX_RETRIES"), 3),
             retry_base_delay=_float(g("RETRY_BASE_DELAY"), 0.2),
             retry_max_delay=_float(g("RETRY_MAX_DELAY"), 30.0),

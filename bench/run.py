@@ -159,7 +159,8 @@ class Bench:
                 runs[name].append({**r, **watch.summary(extra_cpu_s=r["wrk_cpu_s"]), "peak_rss": dict(watch.peak_rss)})
                 self.log(f"single {name} round {rnd + 1}/{p.single_rounds}: {r['rps']:,.0f} req/s,"
                          f" p50 {r['p50_us'] / 1000:.1f} ms, p99 {r['p99_us'] / 1000:.1f} ms, non-2xx"
-                         f" {r['status_errors']}, other load {runs[name][-1]['other_cpu_s'] / r['seconds']:.2f} cores")
+                         f" {r['status_errors']}, other load {runs[name][-1]['other_cpu_s'] / r['seconds']:.2f} cores,"
+                         f" stolen {runs[name][-1]['steal_s'] / r['seconds']:.2f} cores")
         out = {}
         for name, rs in runs.items():
             code = self.SINGLE[name][0]
@@ -367,8 +368,8 @@ def _merge_rounds(rs: list[dict[str, Any]], stored: int | None) -> dict[str, Any
     med = statistics.median
     total = {k: sum(x[k] for x in rs) for k in (
         "requests", "ok", "status_errors", "connect_errors", "read_errors", "write_errors", "timeouts", "seconds",
-        "wrk_cpu_s", "server_cpu_s", "postgres_cpu_s", "bench_cpu_s", "other_cpu_s", "machine_busy_s",
-        "machine_total_s", "wall_s")}
+        "wrk_cpu_s", "server_cpu_s", "postgres_cpu_s", "bench_cpu_s", "other_cpu_s", "steal_s",
+        "machine_busy_s", "machine_total_s", "wall_s")}
     peak: dict[int, int] = {}
     for x in rs:
         for pid, rss in x["peak_rss"].items():
@@ -500,6 +501,8 @@ def _cores(x: dict[str, Any], client: str = "", client_s: float = 0.0) -> str:
     if client:
         parts.append(f"{client} {client_s / wall:.2f}")
     parts.append(f"other {x.get('other_cpu_s', 0.0) / wall:.2f}")
+    if "steal_s" in x:
+        parts.append(f"stolen {x['steal_s'] / wall:.2f}")
     return " / ".join(parts)
 
 
@@ -666,7 +669,9 @@ def render(r: dict[str, Any]) -> str:
         f"- load generator: {m['wrk']} on the same {m['logical_cores']} cores (see the CPU columns above)",
         f"- other jobs on the machine: {m.get('busy_before_start', 0):.0%} of all cores busy just before the run;"
         " the `other` CPU column is what processes outside the benchmark (and PostgreSQL's shared background"
-        " processes) used during each phase",
+        " processes) used during each phase; `stolen` is CPU time the hypervisor gave to other virtual machines"
+        " while this one wanted to run (steal time in /proc/stat): on a shared VM it is capacity the run did"
+        " not have",
         "",
         "Time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["phases_s"].items()) + ".",
     ]

@@ -132,7 +132,8 @@ class ProcWatch:
     the benchmark's database (found in pg_stat_activity), and this benchmark process (its
     clients). With the machine's total busy CPU over the same interval, what is left is
     CPU used by everything else on the machine (other jobs, PostgreSQL's shared background
-    processes), so the report can say how disturbed a run was.
+    processes) and the time the hypervisor gave to other guests (steal), so the report can
+    say how disturbed a run was.
     """
 
     def __init__(self, server: Gunicorn | None, database_url: str | None = None, interval: float = 0.2) -> None:
@@ -149,6 +150,7 @@ class ProcWatch:
         self.wall = 0.0
         self.machine_busy_s = 0.0
         self.machine_total_s = 0.0
+        self.steal_s = 0.0
 
     def _pg_pids(self) -> list[int]:
         if not self.database_url:
@@ -206,6 +208,9 @@ class ProcWatch:
         busy0, idle0 = _busy_idle(self._m0)
         self.machine_busy_s = busy - busy0
         self.machine_total_s = self.machine_busy_s + idle - idle0
+        # On a shared VM the hypervisor runs other guests on "our" cores; that time is neither
+        # ours nor idle, and it was a third of the machine in some runs (vmstat `st`).
+        self.steal_s = getattr(psutil.cpu_times(), "steal", 0.0) - getattr(self._m0, "steal", 0.0)
 
     def cpu_s(self, group: str) -> float:
         return sum(v - self._start[k] for k, v in self._last.items() if k[0] == group)
@@ -225,7 +230,8 @@ class ProcWatch:
             "server_cpu_s": round(self.cpu_s("server"), 2),
             "postgres_cpu_s": round(self.cpu_s("postgres"), 2),
             "bench_cpu_s": round(self.cpu_s("bench"), 2),
-            "other_cpu_s": round(max(0.0, self.machine_busy_s - ours), 2),
+            "other_cpu_s": round(max(0.0, self.machine_busy_s - self.steal_s - ours), 2),
+            "steal_s": round(self.steal_s, 2),
             "machine_busy_s": round(self.machine_busy_s, 2),
             "machine_total_s": round(self.machine_total_s, 2),
             "wall_s": round(self.wall, 2),

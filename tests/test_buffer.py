@@ -237,3 +237,21 @@ def test_close_during_outage_spools_whatever_is_pending(make_buffer, db_proxy, t
     assert {s.outcome for s in subs} == {"spooled"}
     left = sum(len(list(d.glob("seg-*.wal"))) for d in buf.spool.root.glob("w-*"))
     assert left >= 1  # kept on disk for the next worker to adopt
+
+
+def test_linger_groups_concurrent_requests_and_skips_a_lone_one(make_buffer, db):
+    # A linger (3 s) longer than the lone request may wait (2 s): it must not linger when
+    # nobody else is coming, while queued concurrent requests must share one flush.
+    buf = make_buffer(spool=False, flush_linger=3.0, flush_interval=60.0)
+    lone = buf.submit(sub("lone", 2))
+    assert buf.wait(lone, 2.0) and lone.outcome == "committed"
+    flushes = buf.stats.flushes
+    subs = [buf.submit(sub(f"c{i}", 2)) for i in range(4)]
+    waiting = [threading.Thread(target=buf.wait, args=(s, 15.0)) for s in subs]
+    for t in waiting:
+        t.start()
+    for t in waiting:
+        t.join()
+    assert all(s.outcome == "committed" for s in subs)
+    assert buf.stats.flushes == flushes + 1  # four queued requests, one commit
+    assert db.execute("SELECT count(*) FROM telemetry_readings WHERE device_id LIKE 'c%'").fetchone()[0] == 8
