@@ -50,6 +50,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     buffer = BatchBuffer(
         sink,
         batch_size=cfg.batch_size,
+        max_batch_rows=cfg.flush_max_readings,
         flush_interval=cfg.flush_interval,
         flush_linger=cfg.flush_linger,
         max_pending=cfg.buffer_max_readings,

@@ -172,6 +172,7 @@ class BatchBuffer:
         sink: Sink,
         *,
         batch_size: int = 500,
+        max_batch_rows: int = 0,
         flush_interval: float = 1.0,
         flush_linger: float = 0.0,
         max_pending: int = 200_000,
@@ -185,6 +186,11 @@ class BatchBuffer:
     ) -> None:
         self.sink = sink
         self.batch_size = max(1, batch_size)
+        # BATCH_SIZE pending readings start a flush; one flush may carry more (requests that
+        # queued while the previous one was written). With 1,000-reading requests and a cap
+        # of BATCH_SIZE every request was its own transaction and COPY: 5,000 measured
+        # +13-28% batched readings/s and 1-2 us less PostgreSQL CPU per reading (bench.ab).
+        self.max_batch_rows = max(self.batch_size, max_batch_rows)
         self.flush_interval = flush_interval
         self.flush_linger = flush_linger
         self.max_pending = max_pending
@@ -421,7 +427,7 @@ class BatchBuffer:
         batch: list[Submission] = []
         rows = 0
         # Whole submissions only, so one request's readings commit in one transaction.
-        while self._queue and (not batch or rows + len(self._queue[0].readings) <= self.batch_size):
+        while self._queue and (not batch or rows + len(self._queue[0].readings) <= self.max_batch_rows):
             sub = self._queue.popleft()
             batch.append(sub)
             rows += len(sub.readings)

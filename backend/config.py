@@ -40,6 +40,7 @@ class Config:
     db_pool_max: int = 4
     # Ingest and batching
     batch_size: int = 500
+    flush_max_readings: int = 5000
     flush_interval: float = 1.0
     flush_linger: float = 0.010
     max_retries: int = 3
@@ -101,6 +102,7 @@ class Config:
             db_pool_min=_int(g("DB_POOL_MIN"), 1),
             db_pool_max=_int(g("DB_POOL_MAX"), 4),
             batch_size=_int(g("BATCH_SIZE"), 500),
+            flush_max_readings=_int(g("FLUSH_MAX_READINGS"), 5000),
             flush_interval=_float(g("FLUSH_INTERVAL"), 1.0),
             flush_linger=_float(g("FLUSH_LINGER"), 0.010),
             max_retries=_int(g("MAX_RETRIES"), 3),

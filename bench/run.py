@@ -466,7 +466,8 @@ def machine_info(url: str) -> dict[str, Any]:
         "physical_cores": psutil.cpu_count(logical=False), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
         "postgres": pg_version, "pg_settings": settings, "gunicorn": json.loads(gconf),
-        "service_config": {"batch_size": cfg.batch_size, "flush_interval": cfg.flush_interval,
+        "service_config": {"batch_size": cfg.batch_size, "flush_max_readings": cfg.flush_max_readings,
+                           "flush_interval": cfg.flush_interval, "flush_linger": cfg.flush_linger,
                            "db_pool_max": cfg.db_pool_max, "store_raw_payload": cfg.store_raw_payload},
         "wrk": wrk_version(), "git": commit + ("+dirty" if dirty else ""),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -663,7 +664,9 @@ def render(r: dict[str, Any]) -> str:
         f"- gunicorn (gunicorn.conf.py defaults, as `make run`): workers={g['workers']},"
         f" worker_class={g['worker_class']}, threads={g['threads']}, keepalive={g['keepalive']} s,"
         f" timeout={g['timeout']} s; the baselines run with the same file",
-        f"- service settings (defaults): BATCH_SIZE={sc['batch_size']}, FLUSH_INTERVAL={sc['flush_interval']},"
+        f"- service settings (defaults): BATCH_SIZE={sc['batch_size']},"
+        f" FLUSH_MAX_READINGS={sc.get('flush_max_readings', sc['batch_size'])}, FLUSH_INTERVAL={sc['flush_interval']},"
+        f" FLUSH_LINGER={sc.get('flush_linger', '')},"
         f" DB_POOL_MAX={sc['db_pool_max']}, STORE_RAW_PAYLOAD={sc['store_raw_payload']}; rate limits raised for"
         f" the benchmark: " + ", ".join(f"{k}={v}" for k, v in GENEROUS_LIMITS.items()),
         f"- load generator: {m['wrk']} on the same {m['logical_cores']} cores (see the CPU columns above)",

@@ -255,3 +255,21 @@ def test_linger_groups_concurrent_requests_and_skips_a_lone_one(make_buffer, db)
     assert all(s.outcome == "committed" for s in subs)
     assert buf.stats.flushes == flushes + 1  # four queued requests, one commit
     assert db.execute("SELECT count(*) FROM telemetry_readings WHERE device_id LIKE 'c%'").fetchone()[0] == 8
+
+
+def test_a_flush_carries_queued_requests_up_to_max_batch_rows(db_proxy, db):
+    # Requests queued while a flush was written go together in the next one, up to
+    # max_batch_rows (whole requests only); BATCH_SIZE only decides when a flush starts.
+    pool = make_pool(db_proxy.url, 1, 2)
+    try:
+        for max_rows, flushes, rows in ((45, 2, [40, 20]), (0, 6, [10] * 6)):
+            buf = BatchBuffer(PostgresSink(pool), batch_size=10, max_batch_rows=max_rows, flush_interval=0.05)
+            subs = [buf.submit(sub(f"m{max_rows}", 10)) for _ in range(6)]  # queued before the flusher runs
+            buf.start()
+            assert all(buf.wait(s, 10) and s.outcome == "committed" for s in subs)
+            assert buf.stats.flushes == flushes
+            assert buf.stats.written == sum(rows) == 60
+            assert buf.stats.last_flush_rows == rows[-1]
+            buf.close(5)
+    finally:
+        pool.close()

@@ -22,6 +22,7 @@ def config() -> Response:
         "formats": parser_names(),
         "parser_version": PARSER_VERSION,
         "batch_size": cfg.batch_size,
+        "flush_max_readings": cfg.flush_max_readings,
         "flush_interval": cfg.flush_interval,
         "max_retries": cfg.max_retries,
         "supabase_project_id": cfg.supabase_project_id or None,
