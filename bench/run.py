@@ -312,6 +312,7 @@ class Bench:
                 "load_p50_ms": loaded["p50_us"] / 1000, "load_p99_ms": loaded["p99_us"] / 1000,
                 "load_non2xx": loaded["status_errors"], "load_wrk_cpu_s": loaded["wrk_cpu_s"],
                 "other_cores": round(watch.summary()["other_cpu_s"] / max(watch.wall, 1e-9), 2),
+                "stolen_cores": round(watch.summary()["steal_s"] / max(watch.wall, 1e-9), 2),
             }
             self.log(f"query {kind}: p50 {out[kind]['p50_ms']:.1f} ms, p99 {out[kind]['p99_ms']:.1f} ms"
                      f" ({seq.ok}/{len(lat)} ok {seq.errors[:1]}); {p.q_load_connections} clients:"
@@ -488,6 +489,10 @@ def _rounds(x: dict[str, Any]) -> str:
     return _n(x["readings_per_s"]) + (f" (median; {', '.join(_n(v) for v in each)})" if len(each) > 1 else "")
 
 
+def _stolen(x: dict[str, Any]) -> str:
+    return f"{x['stolen_cores']:.2f} cores" if "stolen_cores" in x else "n/a"
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -645,14 +650,16 @@ def render(r: dict[str, Any]) -> str:
         f" one request at a time, random device each time; load: wrk with {p['q_load_connections']} connections for"
         f" {p['q_load_seconds']} s.",
         "",
-        "| Query | samples | p50 | p90 | p99 | max | under load: requests/s | under load: p50 / p99 |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| Query | samples | p50 | p90 | p99 | max | under load: requests/s | under load: p50 / p99 |"
+        " CPU stolen by the hypervisor during the samples |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for kind, label in (("last100", "`GET /telemetry/query?device_id=X&limit=100`"),
                         ("agg24h", "`GET /telemetry/aggregate?metric=alt&device_id=X&bucket=1m`")):
         x = q[kind]
         lines.append(f"| {label} | {x['ok']}/{x['samples']} | {x['p50_ms']:.1f} ms | {x['p90_ms']:.1f} ms |"
                      f" {x['p99_ms']:.1f} ms | {x['max_ms']:.1f} ms | {_n(x['load_rps'])} |"
-                     f" {x['load_p50_ms']:.1f} / {x['load_p99_ms']:.1f} ms |")
+                     f" {x['load_p50_ms']:.1f} / {x['load_p99_ms']:.1f} ms |"
+                     f" {_stolen(x)} |")
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [
