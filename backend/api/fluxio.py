@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, request
+from psycopg import sql
 
 from ..auth import PUBLIC, requires
 from ..query import QueryError, ReadingQuery, fetch_wide, parse_int, parse_time_param
@@ -107,19 +108,26 @@ def seed002_series() -> Response:
         limit = parse_int("limit", args.get("limit"), MAX_SERIES_POINTS, 1, MAX_SERIES_POINTS)
     except QueryError as exc:
         return error_response(400, str(exc))
-    params: list[Any] = [datetime.now(UTC) - timedelta(hours=hours)]
-    where = "ts >= %s AND value IS NOT NULL"
+    since = datetime.now(UTC) - timedelta(hours=hours)
     device = args.get("device_id")
-    if device:
-        where += " AND device_id = %s"
-        params.append(device)
     signals = [s for v in args.getlist("signal") for s in v.split(",") if s]
-    if signals:
-        where += " AND metric = ANY(%s)"
-        params.append(signals)
+    if device:  # series by series from the unique key (backend/query.py)
+        q = ReadingQuery(device_ids=[device], metrics=signals, start=since, end=None, limit=limit, desc=False,
+                         numeric_only=True)
+        stmt, params = q.series("r.metric, r.ts, r.value")
+        stmt += sql.SQL(" ORDER BY ts, metric LIMIT %s")
+        params.append(limit)
+    else:
+        where = "ts >= %s AND value IS NOT NULL"
+        params = [since]
+        if signals:
+            where += " AND metric = ANY(%s)"
+            params.append(signals)
+        stmt = sql.SQL("SELECT metric, ts, value FROM telemetry_readings WHERE " + where
+                       + " ORDER BY ts, metric LIMIT %s")
+        params.append(limit)
     with services().pool.connection() as conn:
-        rows = conn.execute(f"SELECT metric, ts, value FROM telemetry_readings WHERE {where}"
-                            " ORDER BY ts, metric LIMIT %s", [*params, limit]).fetchall()
+        rows = conn.execute(stmt, params).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}
     for metric, ts, value in rows:
         out.setdefault(metric, []).append({"timestamp": ts.isoformat().replace("+00:00", "Z"), "value": value})
