@@ -180,8 +180,8 @@ class ReadingQuery:
 
 
 def _in(column: str, values: list[str]) -> sql.Composable:
-    # `= %s` for one value: the planner then knows the index order of the rest (ts DESC for
-    # one device), so "latest N" reads N index entries instead of sorting every match.
+    # `= %s` for one value: the planner can then use the order of the rest of the unique key
+    # (metric, ts for one device; ts for one device and metric) instead of sorting every match.
     return sql.SQL("{} = %s" if len(values) == 1 else "{} = ANY(%s)").format(sql.Identifier(column))
 
 
