@@ -48,8 +48,12 @@ class FieldCatalogue:
             for n, t, d, u, a, f in rows
         ]
 
-    def check(self, messages: list[Message]) -> tuple[list[Message], list[ParseError]]:
-        """Apply aliases and reject messages whose values contradict a metric's type."""
+    def check(self, messages: list[Message]) -> tuple[list[Message], list[ParseError], bool]:
+        """Apply aliases and reject messages whose values contradict a metric's type.
+
+        The third value is True when every accepted reading's metric has a type registered
+        in PostgreSQL, so the sink may skip its own type check (Submission.typed).
+        """
         if not self._loaded:
             try:
                 self.load()
@@ -61,6 +65,7 @@ class FieldCatalogue:
             self._register(messages, unknown)
         good: list[Message] = []
         errors: list[ParseError] = []
+        typed = True
         for msg in messages:
             readings: list[Reading] = []
             problem = None
@@ -69,7 +74,9 @@ class FieldCatalogue:
                 if name != r.metric:
                     r = Reading(r.device_id, name, r.ts, r.value, r.value_text)
                 want = self._types.get(name)
-                if want is not None and want != r.value_type:
+                if want is None:
+                    typed = False  # not registered (the database was unreachable)
+                elif want != r.value_type:
                     problem = f"field {name!r}: metric is {want}, got {r.value_text or r.value!r}"
                     break
                 readings.append(r)
@@ -78,12 +85,7 @@ class FieldCatalogue:
             else:
                 msg.readings = readings
                 good.append(msg)
-        return good, errors
-
-    def confirms(self, readings: list[Reading]) -> bool:
-        """True when every reading's metric has a type registered in PostgreSQL (as checked)."""
-        types = self._types
-        return all(r.metric in types for r in readings)
+        return good, errors, typed
 
     def _register(self, messages: list[Message], names: set[str]) -> None:
         first_type: dict[str, str] = {}

@@ -114,7 +114,7 @@ def ingest(
         if denied and not allowed:
             raise IngestError(403, denied)
         result.messages = allowed
-    messages, type_errors = catalogue.check(result.messages)
+    messages, type_errors, typed = catalogue.check(result.messages)
     errors: list[ParseError] = sorted(result.errors + type_errors, key=lambda e: e.position)
     if "\x00" in body:
         # Kept for debugging, but PostgreSQL text cannot hold NUL: stored as U+FFFD (the
@@ -150,7 +150,7 @@ def ingest(
         parser_version=PARSER_VERSION,
         data_source=cfg.data_source,
         rejected=errors,
-        typed=catalogue.confirms(readings),
+        typed=typed,
     )
     try:
         buffer.submit(sub)

@@ -121,16 +121,22 @@ class ReadingQuery:
         if self.metrics:
             parts.append(_in("metric", self.metrics))
             params.append(_one_or_all(self.metrics))
-        if self.start:
-            parts.append(sql.SQL("ts >= %s"))
-            params.append(self.start)
-        if self.end:
-            parts.append(sql.SQL("ts < %s"))
-            params.append(self.end)
-        if self.numeric_only:
-            parts.append(sql.SQL("value IS NOT NULL"))
+        parts += self._range(params)
         clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
         return clause, params
+
+    def _range(self, params: list[Any], prefix: str = "") -> list[sql.Composable]:
+        """The time range and value filters (appending their parameters), for either form."""
+        parts: list[sql.Composable] = []
+        if self.start:
+            parts.append(sql.SQL(prefix + "ts >= %s"))
+            params.append(self.start)
+        if self.end:
+            parts.append(sql.SQL(prefix + "ts < %s"))
+            params.append(self.end)
+        if self.numeric_only:
+            parts.append(sql.SQL(prefix + "value IS NOT NULL"))
+        return parts
 
     def per_series(self) -> bool:
         """Devices given and time order: read series by series (see the module docstring)."""
@@ -155,15 +161,7 @@ class ReadingQuery:
                 " SELECT s.d, (SELECT metric FROM telemetry_readings WHERE device_id = s.d AND metric > s.m"
                 " ORDER BY metric LIMIT 1) FROM s WHERE s.m IS NOT NULL)")
             params = [self.device_ids]
-        conds = [sql.SQL("t.device_id = s.d AND t.metric = s.m")]
-        if self.start:
-            conds.append(sql.SQL("t.ts >= %s"))
-            params.append(self.start)
-        if self.end:
-            conds.append(sql.SQL("t.ts < %s"))
-            params.append(self.end)
-        if self.numeric_only:
-            conds.append(sql.SQL("t.value IS NOT NULL"))
+        conds = [sql.SQL("t.device_id = s.d AND t.metric = s.m"), *self._range(params, "t.")]
         params.append(self.offset + self.limit)
         stmt = (sql.SQL("WITH RECURSIVE ") + pairs
                 + sql.SQL(" SELECT " + columns + " FROM s CROSS JOIN LATERAL (SELECT * FROM telemetry_readings t WHERE ")
@@ -212,7 +210,7 @@ def _value(value: float | None, text: str | None) -> Any:
 def fetch_readings(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
     columns = "device_id, metric, ts, value, value_text, received_at"
     if q.per_series():
-        stmt, params = q.series(", ".join(f"r.{c}" for c in columns.split(", ")))
+        stmt, params = q.series(columns)  # s has only d and m, so the names are r's
         stmt += q.order() + sql.SQL(" LIMIT %s OFFSET %s")
     else:
         where, params = q.where()
@@ -232,7 +230,7 @@ def fetch_wide(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
     if order_col == "ts" and q.device_ids:
         # A wide row is one timestamp: the first offset + limit timestamps of the page all
         # lie within the first offset + limit rows of each series that has a value there.
-        stmt, params = q.series(columns.replace("device_id", "r.device_id", 1))
+        stmt, params = q.series(columns)
     else:
         where, params = q.where()
         stmt = sql.SQL("SELECT " + columns + " FROM telemetry_readings") + where

@@ -229,3 +229,16 @@ def test_nul_character_is_refused_per_field_and_the_rest_is_stored(client, db):
     assert raw == "note:a\ufffdb,alt:1\nalt:2,ts:1763900000"
     q = db.execute("SELECT raw FROM telemetry_quarantine WHERE device_id = 'nul'").fetchall()
     assert q == [("note:a\ufffdb,alt:1",)]
+
+
+def test_a_big_request_of_known_metrics_goes_in_by_copy_and_a_resend_is_stored_once(client, db):
+    # The catalogue confirms the types on the request path (Submission.typed), so the sink
+    # may COPY straight into the table; re-sending the same body takes the idempotent path.
+    body = "\n".join(f"alt:{i},pitch:{-i},ts:{1763900000 + i}" for i in range(200))  # 400 readings
+    first = client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "big"})
+    assert first.status_code == 200 and first.json["accepted"] == 400 and first.json["duplicates"] == 0
+    again = client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "big"})
+    assert again.status_code == 200 and again.json["duplicates"] == 400
+    s = client.get("/telemetry/batch/status").json
+    assert s["flushes_by_method"] == {"copy": 1, "insert": 1}
+    assert db.execute("SELECT count(*) FROM telemetry_readings WHERE device_id = 'big'").fetchone() == (400,)
