@@ -114,7 +114,7 @@ def seed002_series() -> Response:
     if device:  # series by series from the unique key (backend/query.py)
         q = ReadingQuery(device_ids=[device], metrics=signals, start=since, end=None, limit=limit, desc=False,
                          numeric_only=True)
-        stmt, params = q.series("r.metric, r.ts, r.value")
+        stmt, params = q.series("metric, ts, value")
         stmt += sql.SQL(" ORDER BY ts, metric LIMIT %s")
         params.append(limit)
     else:
