@@ -18,9 +18,28 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 LOCK_KEY = 0x7E1E_0001  # arbitrary, constant across releases
 
 
+class MigrationChanged(RuntimeError):
+    """An applied migration's file no longer matches what was applied."""
+
+
+def checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()
+
+
 def pending(conn: psycopg.Connection, directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    return [p for p in sorted(directory.glob("*.sql")) if p.stem not in applied]
+    """Migrations not applied yet; raises MigrationChanged when an applied file was edited.
+
+    An edited file would never run again, so the database would silently differ from what
+    the repository says it is: a changed schema goes in a new migration, never in an old one.
+    """
+    applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    files = sorted(directory.glob("*.sql"))
+    changed = [p.name for p in files if p.stem in applied and applied[p.stem] != checksum(p.read_text())]
+    if changed:
+        raise MigrationChanged(
+            f"applied migration(s) {', '.join(changed)} changed since they were applied; restore the"
+            " original file(s) and put the change in a new migration")
+    return [p for p in files if p.stem not in applied]
 
 
 def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
@@ -40,7 +59,7 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     conn.execute(sql)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
-                        (path.stem, hashlib.sha256(sql.encode()).hexdigest()),
+                        (path.stem, checksum(sql)),
                     )
                 log.info("applied migration %s", path.stem)
                 applied.append(path.stem)

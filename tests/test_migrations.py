@@ -56,3 +56,19 @@ def test_partitions_created_ahead(db):
     assert "telemetry_readings_default" in parts
     assert len([p for p in parts if p != "telemetry_readings_default"]) >= 5
     assert ensure_partitions(db, 3) == 0
+
+
+def test_changed_applied_migration_stops_start_up(database_url, tmp_path):
+    import shutil
+
+    import pytest
+
+    from backend.migrations import MigrationChanged
+
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    first = sorted(tmp_path.glob("*.sql"))[0]
+    assert migrate(database_url, tmp_path) == []  # same files: nothing to do
+    first.write_text(first.read_text() + "\n-- edited after it was applied\n")
+    with pytest.raises(MigrationChanged, match=first.name):
+        migrate(database_url, tmp_path)
