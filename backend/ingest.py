@@ -85,7 +85,7 @@ def pick_parser(request: Request, default: str | None = None):
 
 def default_device(request: Request) -> str | None:
     device = request.headers.get("X-Device-Id") or request.args.get("device_id")
-    if device is not None and not DEVICE_RE.match(device):
+    if device is not None and not DEVICE_RE.fullmatch(device):
         raise IngestError(400, f"device id {device[:40]!r} has characters outside [A-Za-z0-9_.:-]")
     return device
 
