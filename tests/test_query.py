@@ -237,3 +237,20 @@ def test_long_lists_of_ids_are_not_one_long_text(loaded):
     r = loaded.get("/telemetry/query", query_string={"device_id": many, "limit": 1})
     assert r.status_code == 200 and r.json["data"][0]["device_id"] == "a"
     assert loaded.get("/telemetry/query", query_string={"device_id": "x" * 129}).status_code == 400
+
+
+def test_a_failed_read_does_not_speak_of_storing(make_app, db_proxy):
+    app = make_app(database_url=db_proxy.url)
+
+    @app.get("/test-only/broken-read")
+    def broken_read():
+        raise RuntimeError("a bug in a read")
+
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-admin-key"
+    r = client.get("/test-only/broken-read")
+    assert r.status_code == 500 and "stored" not in r.json["error"] and "read" in r.json["error"], r.json
+    db_proxy.down()
+    r = client.get("/telemetry/query?limit=1")
+    assert r.status_code == 503 and r.headers["Retry-After"], r.json
+    assert r.json["error"] == "database unavailable; nothing was read, retry later"
