@@ -22,6 +22,7 @@ from .catalogue import FieldCatalogue
 from .config import Config
 from .parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
 from .parsing.base import DEVICE_RE, Message
+from .query import iso
 from .sinks import Submission
 
 
@@ -190,7 +191,7 @@ def _seed_parsed_data(msg: Message, cfg: Config) -> dict[str, Any]:
         data[r.metric] = r.value_text if r.value_text is not None else _num(r.value)
     first = msg.readings[0]
     data["device_id"] = first.device_id
-    data["ts"] = first.ts.isoformat()
+    data["ts"] = iso(first.ts)  # one time form in every answer: UTC, ending in Z
     data["raw_data"] = msg.raw
     data["parser_version"] = PARSER_VERSION
     data["data_source"] = cfg.data_source

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+
+from tests.live_server import wait_for
 
 RAW = {"Content-Type": "text/plain"}
 
@@ -254,3 +258,50 @@ def test_a_failed_read_does_not_speak_of_storing(make_app, db_proxy):
     r = client.get("/telemetry/query?limit=1")
     assert r.status_code == 503 and r.headers["Retry-After"], r.json
     assert r.json["error"] == "database unavailable; nothing was read, retry later"
+
+
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def _times(value, path=""):
+    """(where, text) of every time-shaped string in a JSON answer."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _times(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _times(v, f"{path}[{i}]")
+    elif isinstance(value, str) and TIME_RE.match(value):
+        yield path, value
+
+
+def test_every_time_in_every_answer_ends_in_z(make_app, db_proxy):
+    # An outage and its replay first, so the circuit's and the spool's times are set too.
+    app = make_app(database_url=db_proxy.url)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-admin-key"
+    db_proxy.down()
+    r = client.post("/telemetry/parse", data="device_id:z1,ts:2026-11-23T10:00:00+02:00,alt:1", headers=RAW)
+    assert r.status_code == 200 and r.json["durability"] == "spooled", r.json
+    db_proxy.up()
+    wait_for(lambda: client.get("/telemetry/batch/status").json["circuit"]["state"] == "closed", timeout=30)
+    r = client.post("/telemetry/parse", data="device_id:z1,ts:2026-11-23T11:00:00+02:00,alt:2", headers=RAW)
+    assert r.status_code == 200 and r.json["durability"] == "committed", r.json
+    answers = {"POST /telemetry/parse": r.json}
+    assert r.json["parsed_data"]["ts"] == "2026-11-23T09:00:00Z"
+    assert wait_for(lambda: client.get("/telemetry/query?device_id=z1").json["count"] == 2, timeout=30)
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint == "static":
+            continue
+        url = rule.rule.replace("<device_id>", "z1")
+        query = {"metric": "alt", "start": "2026-11-23T00:00:00Z"} if url == "/telemetry/aggregate" else {}
+        resp = client.get(url, query_string=query)
+        assert resp.status_code in (200, 503), (url, resp.get_data(as_text=True)[:300])
+        answers[url] = resp.get_json()
+    found = [(url, where, t) for url, body in answers.items() for where, t in _times(body)]
+    wrong = [f for f in found if not f[2].endswith("Z")]
+    assert not wrong, wrong
+    places = {(url, where.split("[")[0]) for url, where, _ in found}
+    for must in [("/telemetry/batch/status", ".last_flush_at"), ("/telemetry/batch/status", ".circuit.outages"),
+                 ("/config", ".fields"), ("/telemetry/batch/status", ".spool.last_replay_at")]:
+        assert any(u == must[0] and w.startswith(must[1]) for u, w in places), (must, sorted(places))
