@@ -22,7 +22,7 @@ from ..auth import PUBLIC, requires
 from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from ..query import ReadingQuery, fetch_wide, hours_before, iso, shift
 from ..services import services
-from .params import accepts, integer, number, text, text_list, time
+from .params import accepts, integer, number, text, text_list, timestamp
 from .responses import json_response, now_iso
 from .telemetry import INGEST_PARAMS, run_ingest
 
@@ -62,8 +62,8 @@ def fluxio_ingest_health(_p: dict[str, Any]) -> Response:
 @requires("read")
 @accepts(
     text("device_id", max_len=MAX_DEVICE_ID_LEN),
-    time("start_time", aliases=("start",)),
-    time("end_time", aliases=("end",)),
+    timestamp("start_time", aliases=("start",)),
+    timestamp("end_time", aliases=("end",)),
     integer("limit", 1000, 1, 10_000),
 )
 def flow_data(p: dict[str, Any]) -> Response:

@@ -1,7 +1,7 @@
 """Query-string parameters, declared once per route and checked before the view runs.
 
     @bp.get("/telemetry/aggregate")
-    @accepts(text("metric", required=True), choice("agg", AGGREGATES, "avg"), time("start"), ...)
+    @accepts(text("metric", required=True), choice("agg", AGGREGATES, "avg"), timestamp("start"), ...)
     def aggregate(p: dict[str, Any]) -> Response: ...
 
 The view receives the parsed values (defaults filled in, keyed by the canonical name).
@@ -127,7 +127,7 @@ def boolean(name: str, default: bool | None) -> Param:
     return Param(name, lambda n, v: parse_bool(n, v, False), default, kind="bool")
 
 
-def time(name: str, *, aliases: tuple[str, ...] = ()) -> Param:
+def timestamp(name: str, *, aliases: tuple[str, ...] = ()) -> Param:
     """ISO 8601 (no offset: UTC) or epoch seconds; clamped to the calendar's ends."""
 
     def convert(n: str, v: str) -> datetime | None:

@@ -21,7 +21,7 @@ from ..query import (
     fetch_wide,
 )
 from ..services import services
-from .params import accepts, boolean, choice, integer, number, text, text_list, time
+from .params import accepts, boolean, choice, integer, number, text, text_list, timestamp
 from .responses import error_response, json_response, now_iso
 
 bp = Blueprint("telemetry", __name__)
@@ -62,8 +62,8 @@ def ingest_plain(p: dict[str, Any]) -> Response:
 @accepts(
     text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
     text_list("metric", max_len=MAX_NAME_LEN),
-    time("start", aliases=("start_time",)),
-    time("end", aliases=("end_time",)),
+    timestamp("start", aliases=("start_time",)),
+    timestamp("end", aliases=("end_time",)),
     number("hours", gt=0, what="a number of hours before now"),  # when start is not given
     integer("limit", 100, 1, MAX_LIMIT),
     integer("offset", 0, 0, 10_000_000),
@@ -89,8 +89,8 @@ def query(p: dict[str, Any]) -> Response:
     text("metric", max_len=MAX_NAME_LEN, required=True),
     choice("bucket", BUCKETS, "1m"),
     choice("agg", AGGREGATES, "avg"),
-    time("start"),
-    time("end"),
+    timestamp("start"),
+    timestamp("end"),
     text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
 )
 def aggregate(p: dict[str, Any]) -> Response:
