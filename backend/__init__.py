@@ -81,8 +81,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        app.logger.exception("unhandled error")
-        return error_response(500, "internal error; the request was not stored")
+        from .api.responses import unexpected_error_response
+
+        resp, is_bug = unexpected_error_response(exc)
+        if is_bug:
+            app.logger.exception("unhandled error")
+        return resp
 
     buffer.start()
     atexit.register(buffer.close, 10.0)

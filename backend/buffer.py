@@ -349,11 +349,11 @@ class BatchBuffer:
             "failed_total": s.failed,
             "flushes_total": s.flushes,
             "flushes_by_method": dict(s.flushes_by_method),
-            "last_flush_at": s.last_flush_at.isoformat() if s.last_flush_at else None,
+            "last_flush_at": s.last_flush_at.isoformat().replace("+00:00", "Z") if s.last_flush_at else None,
             "last_flush_rows": s.last_flush_rows,
             "last_flush_ms": round(s.last_flush_ms, 2),
             "last_error": s.last_error,
-            "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
+            "last_error_at": s.last_error_at.isoformat().replace("+00:00", "Z") if s.last_error_at else None,
             "worker_pid": os.getpid(),
             "circuit": self.circuit_status(),
         }
@@ -364,7 +364,7 @@ class BatchBuffer:
             state = {
                 "state": "open" if self._open else "closed",
                 "reason": self._open_reason or None,
-                "open_since": self._opened_at.isoformat() if self._open and self._opened_at else None,
+                "open_since": self._opened_at.isoformat().replace("+00:00", "Z") if self._open and self._opened_at else None,
                 "probe_attempt": self._probe_attempt if self._open else 0,
                 "next_probe_in_s": round(max(0.0, self._next_probe_mono - time.monotonic()), 3)
                 if self._open else None,
@@ -607,7 +607,7 @@ class BatchBuffer:
             self._opened_mono = time.monotonic()
             self._probe_attempt = 0
             self._next_probe_mono = self._opened_mono + self._probe_delay_cap(0)
-            self._outages.append({"opened_at": self._opened_at.isoformat(), "closed_at": None,
+            self._outages.append({"opened_at": self._opened_at.isoformat().replace("+00:00", "Z"), "closed_at": None,
                                   "reason": self._open_reason, "probes": deque(maxlen=200)})
             self._cond.notify_all()
             self._circuit.notify_all()
@@ -621,7 +621,7 @@ class BatchBuffer:
             self._open = False
             self._open_reason = ""
             if self._outages:
-                self._outages[-1]["closed_at"] = datetime.now(UTC).isoformat()
+                self._outages[-1]["closed_at"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             self.sink_ok.set()
             self._cond.notify_all()
             self._circuit.notify_all()

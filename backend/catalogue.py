@@ -44,7 +44,7 @@ class FieldCatalogue:
             ).fetchall()
         return [
             {"name": n, "type": t, "description": d, "unit": u, "aliases": list(a or []),
-             "first_seen": f.isoformat()}
+             "first_seen": f.isoformat().replace("+00:00", "Z")}
             for n, t, d, u, a, f in rows
         ]
 

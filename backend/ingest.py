@@ -16,11 +16,13 @@ from typing import Any
 
 from flask import Request
 
+from .api.responses import body_error_text, body_read_errors
 from .buffer import BatchBuffer, BufferFull
 from .catalogue import FieldCatalogue
 from .config import Config
 from .parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
 from .parsing.base import DEVICE_RE, Message
+from .query import iso
 from .sinks import Submission
 
 
@@ -43,7 +45,10 @@ def read_body(request: Request, cfg: Config) -> str:
     length = request.content_length
     if length is not None and length > cfg.max_body_bytes:
         raise IngestError(413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte limit")
-    data = request.get_data(cache=False)
+    try:
+        data = request.get_data(cache=False)
+    except body_read_errors() as exc:  # a broken chunked body is the client's, not a 500
+        raise IngestError(400, body_error_text(exc)) from exc
     if len(data) > cfg.max_body_bytes:
         raise IngestError(413, f"body is over the {cfg.max_body_bytes}-byte limit")
     encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
@@ -85,7 +90,7 @@ def pick_parser(request: Request, default: str | None = None):
 
 def default_device(request: Request) -> str | None:
     device = request.headers.get("X-Device-Id") or request.args.get("device_id")
-    if device is not None and not DEVICE_RE.match(device):
+    if device is not None and not DEVICE_RE.fullmatch(device):
         raise IngestError(400, f"device id {device[:40]!r} has characters outside [A-Za-z0-9_.:-]")
     return device
 
@@ -186,7 +191,7 @@ def _seed_parsed_data(msg: Message, cfg: Config) -> dict[str, Any]:
         data[r.metric] = r.value_text if r.value_text is not None else _num(r.value)
     first = msg.readings[0]
     data["device_id"] = first.device_id
-    data["ts"] = first.ts.isoformat()
+    data["ts"] = iso(first.ts)  # one time form in every answer: UTC, ending in Z
     data["raw_data"] = msg.raw
     data["parser_version"] = PARSER_VERSION
     data["data_source"] = cfg.data_source

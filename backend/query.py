@@ -20,15 +20,17 @@ from typing import Any
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+# order_by names a field of the answer's rows; the column behind it. A row's arrival time is
+# `created_at`, the name seed 001's rows (and its default order_by) gave it.
 ORDER_COLUMNS = {
     "ts": "ts",
-    "timestamp": "ts",
-    "created_at": "received_at",  # the seed's default order column
-    "received_at": "received_at",
+    "created_at": "received_at",
     "device_id": "device_id",
     "metric": "metric",
     "value": "value",
 }
+# Accepted for order_by too (earlier versions answered with them); the answer names the field.
+ORDER_ALIASES = {"timestamp": "ts", "received_at": "created_at"}
 MAX_LIMIT = 10_000
 BUCKETS = {"1s": "1 second", "10s": "10 seconds", "1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes",
            "1h": "1 hour", "6h": "6 hours", "1d": "1 day"}
@@ -39,16 +41,45 @@ class QueryError(ValueError):
     """A parameter the client got wrong; the message names it."""
 
 
+# The calendar's ends (Python's, inside PostgreSQL's): query bounds beyond them are clamped.
+MIN_TIME = datetime.min.replace(tzinfo=UTC)
+MAX_TIME = datetime.max.replace(tzinfo=UTC)
+
+
 def parse_time_param(name: str, value: str | None) -> datetime | None:
+    """ISO 8601 (no offset: UTC) or epoch seconds, in UTC, clamped to MIN_TIME..MAX_TIME."""
     if value in (None, ""):
         return None
     try:
         if value.replace(".", "", 1).isdigit():
-            return datetime.fromtimestamp(float(value), tz=UTC)
+            seconds = float(value)
+            try:
+                return datetime.fromtimestamp(seconds, tz=UTC)
+            except (OverflowError, OSError, ValueError):
+                return MAX_TIME  # only digits: an epoch past year 9999
         ts = datetime.fromisoformat(value)
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise QueryError(f"{name}: {value[:40]!r} is not an ISO 8601 time or epoch seconds") from exc
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0, 9999-12-31T23:00-05:00 in 10000
+        return MIN_TIME if ts.year == 1 else MAX_TIME
+
+
+def shift(ts: datetime, delta: timedelta) -> datetime:
+    """ts + delta, clamped to the calendar's ends."""
+    try:
+        return ts + delta
+    except OverflowError:
+        return MIN_TIME if delta < timedelta(0) else MAX_TIME
+
+
+def hours_before(ts: datetime, hours: float) -> datetime:
+    if hours * 3600 >= (ts - MIN_TIME).total_seconds():
+        return MIN_TIME  # also where timedelta(hours=...) itself would overflow
+    return ts - timedelta(hours=hours)
 
 
 def parse_int(name: str, value: str | None, default: int, lo: int, hi: int) -> int:
@@ -87,30 +118,15 @@ class ReadingQuery:
     numeric_only: bool = False
 
     @classmethod
-    def from_args(cls, args: Any) -> ReadingQuery:
-        order_by = args.get("order_by") or "ts"
-        if order_by not in ORDER_COLUMNS:
-            raise QueryError(f"order_by: {order_by[:40]!r} is not one of {', '.join(sorted(ORDER_COLUMNS))}")
-        hours = args.get("hours")
-        start = parse_time_param("start", args.get("start") or args.get("start_time"))
-        end = parse_time_param("end", args.get("end") or args.get("end_time"))
-        if hours not in (None, "") and start is None:
-            try:
-                start = datetime.now(UTC) - timedelta(hours=float(hours))
-            except ValueError as exc:
-                raise QueryError(f"hours: {hours[:20]!r} is not a number") from exc
+    def from_params(cls, p: dict[str, Any]) -> ReadingQuery:
+        """From the values of backend/api/telemetry.py's declared parameters."""
+        start, end = p["start"], p["end"]
+        if p.get("hours") is not None and start is None:
+            start = hours_before(datetime.now(UTC), p["hours"])
         if start and end and start > end:
             raise QueryError("start is after end")
-        return cls(
-            device_ids=_multi(args, "device_id"),
-            metrics=_multi(args, "metric"),
-            start=start,
-            end=end,
-            limit=parse_int("limit", args.get("limit"), 100, 1, MAX_LIMIT),
-            offset=parse_int("offset", args.get("offset"), 0, 0, 10_000_000),
-            order_by=order_by,
-            desc=parse_bool("desc", args.get("desc"), True),
-        )
+        return cls(device_ids=p["device_id"], metrics=p["metric"], start=start, end=end, limit=p["limit"],
+                   offset=p["offset"], order_by=ORDER_ALIASES.get(p["order_by"], p["order_by"]), desc=p["desc"])
 
     def where(self) -> tuple[sql.Composable, list[Any]]:
         parts: list[sql.Composable] = []
@@ -187,15 +203,13 @@ def _one_or_all(values: list[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else values
 
 
-def _multi(args: Any, name: str) -> list[str]:
-    values: list[str] = []
-    for v in args.getlist(name) if hasattr(args, "getlist") else [args.get(name)]:
-        if v:
-            values.extend(x.strip() for x in v.split(",") if x.strip())
-    return values
-
-
-def _iso(ts: datetime) -> str:
+def iso(ts: datetime) -> str:
+    """The one form of a time in every answer: UTC, ending in Z."""
+    if ts.utcoffset():  # a session TimeZone other than UTC hands back local times
+        try:
+            ts = ts.astimezone(UTC)
+        except OverflowError:
+            pass
     return ts.isoformat().replace("+00:00", "Z")
 
 
@@ -218,7 +232,7 @@ def fetch_readings(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]
             " LIMIT %s OFFSET %s")
     with pool.connection() as conn:
         rows = conn.execute(stmt, [*params, q.limit, q.offset]).fetchall()
-    return [{"device_id": d, "metric": m, "ts": _iso(t), "value": _value(v, vt), "received_at": _iso(r)}
+    return [{"device_id": d, "metric": m, "ts": iso(t), "value": _value(v, vt), "created_at": iso(r)}
             for d, m, t, v, vt, r in rows]
 
 
@@ -241,29 +255,24 @@ def fetch_wide(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
         rows = conn.execute(stmt, [*params, q.limit, q.offset]).fetchall()
     out = []
     for device, ts, received, metrics, values, texts in rows:
-        record: dict[str, Any] = {"device_id": device, "ts": _iso(ts), "created_at": _iso(received)}
+        record: dict[str, Any] = {"device_id": device, "ts": iso(ts), "created_at": iso(received)}
         for m, v, t in zip(metrics, values, texts, strict=True):
             record[m] = _value(v, t)
         out.append(record)
     return out
 
 
-def fetch_buckets(pool: ConnectionPool, args: Any) -> dict[str, Any]:
-    """Time-bucketed aggregates of one numeric metric (date_bin, PostgreSQL 14+)."""
-    metric = args.get("metric")
-    if not metric:
-        raise QueryError("metric: required")
-    bucket = args.get("bucket") or "1m"
-    if bucket not in BUCKETS:
-        raise QueryError(f"bucket: {bucket!r} is not one of {', '.join(BUCKETS)}")
-    agg = args.get("agg") or "avg"
-    if agg not in AGGREGATES:
-        raise QueryError(f"agg: {agg!r} is not one of {', '.join(AGGREGATES)}")
-    end = parse_time_param("end", args.get("end")) or datetime.now(UTC)
-    start = parse_time_param("start", args.get("start")) or end - timedelta(hours=24)
+def fetch_buckets(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
+    """Time-bucketed aggregates of one numeric metric (date_bin, PostgreSQL 14+).
+
+    `p`: the values of the route's declared parameters (backend/api/telemetry.py).
+    """
+    metric, bucket, agg = p["metric"], p["bucket"], p["agg"]
+    end = p["end"] or datetime.now(UTC)
+    start = p["start"] or shift(end, -timedelta(hours=24))
     if start > end:
         raise QueryError("start is after end")
-    devices = _multi(args, "device_id")
+    devices = p["device_id"]
     fn = {"first": "min", "last": "max"}.get(agg, agg)
     expr = sql.SQL("{}(value)").format(sql.SQL(fn)) if agg not in ("first", "last") else sql.SQL(
         "(array_agg(value ORDER BY ts {}))[1]").format(sql.SQL("ASC" if agg == "first" else "DESC"))
@@ -278,6 +287,6 @@ def fetch_buckets(pool: ConnectionPool, args: Any) -> dict[str, Any]:
     with pool.connection() as conn:
         rows = conn.execute(stmt, params).fetchall()
     return {
-        "metric": metric, "bucket": bucket, "agg": agg, "start": _iso(start), "end": _iso(end),
-        "data": [{"bucket": _iso(b), "device_id": d, "value": v, "count": c} for b, d, v, c in rows],
+        "metric": metric, "bucket": bucket, "agg": agg, "start": iso(start), "end": iso(end),
+        "data": [{"bucket": iso(b), "device_id": d, "value": v, "count": c} for b, d, v, c in rows],
     }

@@ -688,9 +688,9 @@ class Spool:
             "corrupt_segments_total": c.corrupt_segments,
             "missing_segments_total": c.missing_segments,
             "corrupt_on_disk": corrupt,
-            "last_replay_at": c.last_replay_at.isoformat() if c.last_replay_at else None,
+            "last_replay_at": c.last_replay_at.isoformat().replace("+00:00", "Z") if c.last_replay_at else None,
             "last_problem": c.last_problem,
-            "last_problem_at": c.last_problem_at.isoformat() if c.last_problem_at else None,
+            "last_problem_at": c.last_problem_at.isoformat().replace("+00:00", "Z") if c.last_problem_at else None,
         }
 
     def note_problem(self, message: str) -> None:

@@ -96,3 +96,34 @@ def test_metadata_edits_need_admin(app, client, db):
     r = bare.patch("/api/devices/n1", json={"name": "x"}, headers={"X-API-Key": read})
     assert r.status_code == 403
     assert db.execute("SELECT name FROM devices").fetchone()[0] is None
+
+
+def test_device_id_with_a_final_newline_is_refused(client, db):
+    # "$" matched before a final newline: "gw7\n" was stored as a device of its own.
+    r = client.post("/api/ingest", json={"device_id": "gw7\n", "flow_rate": 1}, headers=ADMIN)
+    assert r.status_code == 400 and "device_id" in r.get_json()["rejected"][0]["reason"]
+    r = client.post("/telemetry/parse", query_string={"device_id": "nl\n"}, data="alt:1",
+                    headers={**ADMIN, "Content-Type": "text/plain"})
+    assert r.status_code == 400 and "device" in r.get_json()["error"]
+    # the other users of the device-id rule: keys bound to devices, alert rules
+    r = client.post("/api/keys", json={"name": "gw", "scopes": ["ingest"], "devices": ["gw7\n"]}, headers=ADMIN)
+    assert r.status_code == 400
+    r = client.post("/api/alert-rules", json={"device_id": "gw7\n", "rule_name": "x", "rule_type": "high_flow",
+                                              "threshold_value": 1}, headers=ADMIN)
+    assert r.status_code == 400
+    assert db.execute("SELECT count(*) FROM telemetry_readings").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+
+
+def test_device_id_must_be_a_json_string(client, db):
+    for device_id, shown in ((True, "a boolean (true)"), (1.5, "a number (1.5)"), (7, "a number (7)"),
+                             (["n1"], "an array")):
+        r = client.post("/api/ingest", json={"device_id": device_id, "flow_rate": 1}, headers=ADMIN)
+        assert r.status_code == 400, (device_id, r.get_json())
+        reason = r.get_json()["rejected"][0]["reason"]
+        assert "device_id must be a string" in reason and shown in reason, reason
+    # one bad message of a batch is listed; the good ones are stored
+    r = client.post("/api/ingest", json=[{"device_id": "n1", "flow_rate": 1}, {"device_id": False, "flow_rate": 2}],
+                    headers=ADMIN)
+    assert r.status_code == 207 and r.get_json()["rejected"][0]["position"] == 1
+    assert db.execute("SELECT DISTINCT device_id FROM telemetry_readings").fetchall() == [("n1",)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
+import psycopg
 import requests
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
@@ -119,3 +121,50 @@ def test_fluxio_gateway_against_live_server(make_live_server):
     devices = server.get("/api/devices").json()["data"]
     assert [d["device_id"] for d in devices] == ["NIVUS_750_01"] and devices[0]["latest"]["totalizer"]["value"] == 504
     assert gw.get(server.url + "/api/flow-data", timeout=10).status_code == 403  # ingest-only key
+
+
+def _raw_post(server, path: str, body: bytes, headers: dict[str, str], half_close: bool = False,
+              method: str = "POST"):
+    """One request over a raw socket (requests cannot send a malformed chunked body)."""
+    import http.client
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {server.api_key}",
+                "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, resp.read()
+
+
+CHUNKED = {"Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+
+
+def test_malformed_chunked_body_is_400_not_500(make_live_server):
+    server = make_live_server(workers=1, threads=2)
+    good = b'{"device_id": "c1", "flow_rate": 1}'
+    status, body = _raw_post(server, "/api/ingest", b"%x\r\n%s\r\n0\r\n\r\n" % (len(good), good), CHUNKED)
+    assert status == 200, body
+    bad_bodies = {
+        "size line zz": b"zz\r\n" + good + b"\r\n0\r\n\r\n",
+        "chunk longer than its size": b"4\r\n" + good + b"\r\n0\r\n\r\n",
+        "size line with a bad extension": b"%x;\x01\r\n%s\r\n0\r\n\r\n" % (len(good), good),
+    }
+    for what, raw in bad_bodies.items():
+        status, body = _raw_post(server, "/api/ingest", raw, CHUNKED)
+        assert status == 400, (what, status, body[:300])
+        answer = orjson.loads(body)
+        assert answer["success"] is False and "chunk" in answer["error"], (what, answer)
+    # the body ends (client half-closes) before the chunk it announced
+    status, body = _raw_post(server, "/telemetry/parse", b"100\r\nalt:1", {**CHUNKED, "X-Device-Id": "c2"},
+                             half_close=True)
+    assert status == 400, body[:300]
+    # any route that reads a body: the same answer
+    status, body = _raw_post(server, "/api/devices/c1", b"zz\r\n{}\r\n0\r\n\r\n", CHUNKED, method="PATCH")
+    assert status == 400 and "chunk" in orjson.loads(body)["error"], body[:300]
+    with psycopg.connect(server.database_url) as conn:
+        assert conn.execute("SELECT DISTINCT device_id FROM telemetry_readings").fetchall() == [("c1",)]
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200  # the worker still serves

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app, request
 
-from ..alerts import RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
+from ..alerts import SEVERITIES, RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
 from ..auth import requires
-from ..query import QueryError, parse_bool, parse_int
+from ..parsing.base import MAX_DEVICE_ID_LEN
 from ..services import services
+from .params import accepts, boolean, choice, integer, text
 from .responses import error_response, json_response, now_iso
 
 bp = Blueprint("alerts", __name__)
@@ -19,17 +22,17 @@ def _engine():
 
 @bp.get("/api/alerts")
 @requires("read")
-def alerts() -> Response:
-    args = request.args
-    try:
-        is_resolved = parse_bool("is_resolved", args.get("is_resolved"), None)  # type: ignore[arg-type]
-        limit = parse_int("limit", args.get("limit"), 100, 1, 10_000)
-        offset = parse_int("offset", args.get("offset"), 0, 0, 10_000_000)
-        rule_id = parse_int("rule_id", args.get("rule_id"), -1, 0, 2**62)
-    except QueryError as exc:
-        return error_response(400, str(exc))
-    data = list_alerts(services().pool, args.get("device_id") or None, is_resolved, limit, offset,
-                       args.get("severity") or None, None if rule_id < 0 else rule_id)
+@accepts(
+    text("device_id", max_len=MAX_DEVICE_ID_LEN),
+    boolean("is_resolved", None),
+    choice("severity", SEVERITIES),
+    integer("rule_id", None, 0, 2**62),
+    integer("limit", 100, 1, 10_000),
+    integer("offset", 0, 0, 10_000_000),
+)
+def alerts(p: dict[str, Any]) -> Response:
+    data = list_alerts(services().pool, p["device_id"], p["is_resolved"], p["limit"], p["offset"], p["severity"],
+                       p["rule_id"])
     return json_response({"success": True, "data": data, "count": len(data), "timestamp": now_iso()})
 
 
@@ -61,7 +64,8 @@ def resolve() -> Response:
 
 @bp.get("/api/alert-rules")
 @requires("read")
-def rules() -> Response:
+@accepts()
+def rules(_p: dict[str, Any]) -> Response:
     data = [r.as_dict() for r in list_rules(services().pool)]
     return json_response({"success": True, "data": data, "count": len(data), "timestamp": now_iso()})
 
@@ -82,6 +86,8 @@ def add_rule() -> Response:
 @bp.delete("/api/alert-rules/<int:rule_id>")
 @requires("admin")
 def remove_rule(rule_id: int) -> Response:
+    if rule_id >= 2**63:  # no bigint id is that large (and PostgreSQL would refuse the parameter)
+        return error_response(404, f"no alert rule {rule_id}")
     if not delete_rule(services().pool, rule_id):
         return error_response(404, f"no alert rule {rule_id}")
     engine = _engine()

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response
 
 from ..parsing import PARSER_VERSION, parser_names
 from ..services import services
+from .params import accepts
 from .responses import json_response, now_iso
 
 bp = Blueprint("config", __name__)
 
 
 @bp.get("/config")
-def config() -> Response:
+@accepts()
+def config(_p: dict[str, Any]) -> Response:
     svc = services()
     fields = svc.catalogue.describe()
     cfg = svc.config

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, request
 
 from ..auth import requires
 from ..devices import DeviceError, get_device, list_devices, patch_device, summary
-from ..query import QueryError, parse_int
+from ..parsing.base import MAX_DEVICE_ID_LEN
 from ..services import services
+from .params import ParamError, accepts, check_text, choice, integer
 from .responses import error_response, json_response, now_iso
 
 bp = Blueprint("devices", __name__)
 
 
+def _path_device(device_id: str) -> str | None:
+    """The error text for a device id in the path that no device can have, else None."""
+    try:
+        check_text("device_id", device_id, MAX_DEVICE_ID_LEN)
+    except ParamError as exc:
+        return str(exc)
+    return None
+
+
 @bp.get("/api/devices")
 @requires("read")
-def devices() -> Response:
+@accepts(integer("limit", 10_000, 1, 100_000), integer("offset", 0, 0, 10_000_000),
+         choice("status", ("online", "offline")))
+def devices(p: dict[str, Any]) -> Response:
     svc = services()
     try:
-        limit = parse_int("limit", request.args.get("limit"), 10_000, 1, 100_000)
-        offset = parse_int("offset", request.args.get("offset"), 0, 0, 10_000_000)
-        data = list_devices(svc.pool, svc.config.device_offline_after_s, request.args.get("status"), limit, offset)
-    except (DeviceError, QueryError) as exc:
+        data = list_devices(svc.pool, svc.config.device_offline_after_s, p["status"], p["limit"], p["offset"])
+    except DeviceError as exc:
         return error_response(400, str(exc))
     return json_response({"success": True, "data": data, "count": len(data),
                           "offline_after_s": svc.config.device_offline_after_s, "timestamp": now_iso()})
@@ -29,7 +41,10 @@ def devices() -> Response:
 
 @bp.get("/api/devices/<device_id>")
 @requires("read")
-def device(device_id: str) -> Response:
+@accepts()
+def device(_p: dict[str, Any], device_id: str) -> Response:
+    if (bad := _path_device(device_id)) is not None:
+        return error_response(400, bad)
     svc = services()
     found = get_device(svc.pool, device_id, svc.config.device_offline_after_s)
     if found is None:
@@ -40,6 +55,8 @@ def device(device_id: str) -> Response:
 @bp.patch("/api/devices/<device_id>")
 @requires("admin")
 def edit_device(device_id: str) -> Response:
+    if (bad := _path_device(device_id)) is not None:
+        return error_response(400, bad)
     svc = services()
     body = request.get_json(silent=True)
     try:
@@ -53,7 +70,8 @@ def edit_device(device_id: str) -> Response:
 
 @bp.get("/api/dashboard/summary")
 @requires("read")
-def dashboard_summary() -> Response:
+@accepts()
+def dashboard_summary(_p: dict[str, Any]) -> Response:
     svc = services()
     data = summary(svc.pool, svc.config.device_offline_after_s)
     return json_response({"success": True, **data, "data": data, "timestamp": now_iso()})

@@ -15,14 +15,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from psycopg import sql
 
 from ..auth import PUBLIC, requires
-from ..query import QueryError, ReadingQuery, fetch_wide, parse_int, parse_time_param
+from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from ..query import ReadingQuery, fetch_wide, hours_before, iso, shift
 from ..services import services
-from .responses import error_response, json_response, now_iso
-from .telemetry import run_ingest
+from .params import accepts, integer, number, text, text_list, timestamp
+from .responses import json_response, now_iso
+from .telemetry import INGEST_PARAMS, run_ingest
 
 bp = Blueprint("fluxio", __name__)
 
@@ -43,35 +45,38 @@ def _augment(resp: Response, **extra: Any) -> Response:
 
 @bp.post("/api/ingest")
 @requires("ingest")
-def fluxio_ingest() -> Response:
-    return _augment(run_ingest(fmt="json"), message="Data ingested successfully")
+@accepts(*INGEST_PARAMS)
+def fluxio_ingest(p: dict[str, Any]) -> Response:
+    return _augment(run_ingest(p, fmt="json"), message="Data ingested successfully")
 
 
 @bp.get("/api/ingest")
 @requires(PUBLIC)
-def fluxio_ingest_health() -> Response:
+@accepts()
+def fluxio_ingest_health(_p: dict[str, Any]) -> Response:
     # FluxIO gateways probe the ingest URL with a GET; it reveals nothing.
     return json_response({"status": "ok", "service": "telemetry ingest API", "timestamp": now_iso()})
 
 
 @bp.get("/api/flow-data")
 @requires("read")
-def flow_data() -> Response:
-    args = request.args
-    try:
-        device = args.get("device_id")
-        q = ReadingQuery(
-            device_ids=[device] if device else [],
-            metrics=[],
-            start=parse_time_param("start_time", args.get("start_time") or args.get("start")),
-            end=parse_time_param("end_time", args.get("end_time") or args.get("end")),
-            limit=parse_int("limit", args.get("limit"), 1000, 1, 10_000),
-        )
-        if q.end is not None:
-            q.end = q.end + timedelta(microseconds=1)  # FluxIO's end_time is inclusive
-        rows = fetch_wide(services().pool, q)
-    except QueryError as exc:
-        return error_response(400, str(exc))
+@accepts(
+    text("device_id", max_len=MAX_DEVICE_ID_LEN),
+    timestamp("start_time", aliases=("start",)),
+    timestamp("end_time", aliases=("end",)),
+    integer("limit", 1000, 1, 10_000),
+)
+def flow_data(p: dict[str, Any]) -> Response:
+    end = p["end_time"]
+    q = ReadingQuery(
+        device_ids=[p["device_id"]] if p["device_id"] else [],
+        metrics=[],
+        start=p["start_time"],
+        # FluxIO's end_time is inclusive
+        end=shift(end, timedelta(microseconds=1)) if end is not None else None,
+        limit=p["limit"],
+    )
+    rows = fetch_wide(services().pool, q)
     data = []
     for rec in rows:
         ts = rec.pop("ts")
@@ -90,27 +95,24 @@ def flow_data() -> Response:
 
 @bp.post("/api/telemetry")
 @requires("ingest")
-def seed002_ingest() -> Response:
-    return _augment(run_ingest(fmt="json", default_device_id=SEED002_DEVICE), status="success")
+@accepts(*INGEST_PARAMS)
+def seed002_ingest(p: dict[str, Any]) -> Response:
+    return _augment(run_ingest(p, fmt="json", default_device_id=SEED002_DEVICE), status="success")
 
 
 @bp.get("/api/telemetry")
 @requires("read")
-def seed002_series() -> Response:
-    args = request.args
-    try:
-        hours = float(args.get("hours") or 1)
-        if not 0 < hours <= 24 * 366:
-            raise ValueError
-    except ValueError:
-        return error_response(400, "hours: a positive number of hours")
-    try:
-        limit = parse_int("limit", args.get("limit"), MAX_SERIES_POINTS, 1, MAX_SERIES_POINTS)
-    except QueryError as exc:
-        return error_response(400, str(exc))
-    since = datetime.now(UTC) - timedelta(hours=hours)
-    device = args.get("device_id")
-    signals = [s for v in args.getlist("signal") for s in v.split(",") if s]
+@accepts(
+    number("hours", 1.0, gt=0, le=24 * 366, what="a positive number of hours"),
+    integer("limit", MAX_SERIES_POINTS, 1, MAX_SERIES_POINTS),
+    text("device_id", max_len=MAX_DEVICE_ID_LEN),
+    text_list("signal", max_len=MAX_NAME_LEN),
+)
+def seed002_series(p: dict[str, Any]) -> Response:
+    limit = p["limit"]
+    since = hours_before(datetime.now(UTC), p["hours"])
+    device = p["device_id"]
+    signals = p["signal"]
     if device:  # series by series from the unique key (backend/query.py)
         q = ReadingQuery(device_ids=[device], metrics=signals, start=since, end=None, limit=limit, desc=False,
                          numeric_only=True)
@@ -130,14 +132,15 @@ def seed002_series() -> Response:
         rows = conn.execute(stmt, params).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}
     for metric, ts, value in rows:
-        out.setdefault(metric, []).append({"timestamp": ts.isoformat().replace("+00:00", "Z"), "value": value})
+        out.setdefault(metric, []).append({"timestamp": iso(ts), "value": value})
     return json_response(out)
 
 
 @bp.get("/api/signals")
 @requires("read")
-def seed002_signals() -> Response:
-    device = request.args.get("device_id")
+@accepts(text("device_id", max_len=MAX_DEVICE_ID_LEN))
+def seed002_signals(p: dict[str, Any]) -> Response:
+    device = p["device_id"]
     with services().pool.connection() as conn:
         if device:
             rows = conn.execute("SELECT metric FROM device_latest WHERE device_id = %s ORDER BY metric",

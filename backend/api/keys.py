@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, request
 
 from ..auth import requires
 from ..keys import KeyRequestError, create_key, list_keys, revoke_key
-from ..query import QueryError, parse_bool
 from ..services import services
+from .params import ParamError, accepts, boolean, check_text
 from .responses import error_response, json_response, now_iso
 
 bp = Blueprint("keys", __name__)
@@ -15,13 +17,10 @@ bp = Blueprint("keys", __name__)
 
 @bp.get("/api/keys")
 @requires("admin")
-def keys() -> Response:
-    try:
-        include_revoked = parse_bool("include_revoked", request.args.get("include_revoked"), True)
-    except QueryError as exc:
-        return error_response(400, str(exc))
+@accepts(boolean("include_revoked", True))
+def keys(p: dict[str, Any]) -> Response:
     with services().pool.connection() as conn:
-        data = [k.as_dict() for k in list_keys(conn, include_revoked)]
+        data = [k.as_dict() for k in list_keys(conn, p["include_revoked"])]
     return json_response({"success": True, "data": data, "count": len(data), "timestamp": now_iso()})
 
 
@@ -48,6 +47,10 @@ def create() -> Response:
 @bp.delete("/api/keys/<key_id>")
 @requires("admin")
 def revoke(key_id: str) -> Response:
+    try:
+        check_text("key_id", key_id, 64)
+    except ParamError as exc:
+        return error_response(400, str(exc))
     with services().pool.connection() as conn:
         info = revoke_key(conn, key_id)
     if info is None:

@@ -2,57 +2,100 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, request
 
 from ..ingest import IngestError, ingest
-from ..query import QueryError, ReadingQuery, fetch_buckets, fetch_readings, fetch_wide, parse_bool
+from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from ..query import (
+    AGGREGATES,
+    BUCKETS,
+    MAX_LIMIT,
+    ORDER_ALIASES,
+    ORDER_COLUMNS,
+    QueryError,
+    ReadingQuery,
+    fetch_buckets,
+    fetch_readings,
+    fetch_wide,
+)
 from ..services import services
+from .params import accepts, boolean, choice, integer, number, text, text_list, timestamp
 from .responses import error_response, json_response, now_iso
 
 bp = Blueprint("telemetry", __name__)
 
+# The query parameters of every ingest endpoint (also /api/ingest and /api/telemetry).
+INGEST_PARAMS = (
+    boolean("store", True),
+    text("format", max_len=40),  # checked against the parsers by ingest.pick_parser (415)
+    text("device_id", max_len=MAX_DEVICE_ID_LEN),  # the default device (ingest.default_device)
+)
 
-def run_ingest(fmt: str | None = None, default_device_id: str | None = None) -> Response:
+
+def run_ingest(p: dict[str, Any], fmt: str | None = None, default_device_id: str | None = None) -> Response:
+    """`p`: the values of INGEST_PARAMS."""
     svc = services()
     try:
-        store = parse_bool("store", request.args.get("store"), True)
         guard = svc.extras.get("device_guard")
-        outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=store, fmt=fmt,
+        outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=p["store"], fmt=fmt,
                          device_guard=guard() if guard else None, default_device_id=default_device_id)
-    except (IngestError, QueryError) as exc:
-        status = getattr(exc, "status", 400)
-        return error_response(status, getattr(exc, "message", str(exc)), getattr(exc, "retry_after", None))
+    except IngestError as exc:
+        return error_response(exc.status, exc.message, exc.retry_after)
     return json_response(outcome.body, outcome.status, outcome.headers)
 
 
 @bp.post("/telemetry/parse")
-def parse() -> Response:
-    return run_ingest()
+@accepts(*INGEST_PARAMS)
+def parse(p: dict[str, Any]) -> Response:
+    return run_ingest(p)
 
 
 @bp.post("/telemetry")
-def ingest_plain() -> Response:
-    return run_ingest()
+@accepts(*INGEST_PARAMS)
+def ingest_plain(p: dict[str, Any]) -> Response:
+    return run_ingest(p)
 
 
 @bp.get("/telemetry/query")
-def query() -> Response:
+@accepts(
+    text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
+    text_list("metric", max_len=MAX_NAME_LEN),
+    timestamp("start", aliases=("start_time",)),
+    timestamp("end", aliases=("end_time",)),
+    number("hours", gt=0, what="a number of hours before now"),  # when start is not given
+    integer("limit", 100, 1, MAX_LIMIT),
+    integer("offset", 0, 0, 10_000_000),
+    choice("order_by", [*ORDER_COLUMNS, *ORDER_ALIASES], "ts"),
+    boolean("desc", True),
+    choice("format", ("narrow", "wide"), "narrow"),
+)
+def query(p: dict[str, Any]) -> Response:
     svc = services()
     try:
-        q = ReadingQuery.from_args(request.args)
-        wide = (request.args.get("format") or "narrow") == "wide"
-        data = fetch_wide(svc.pool, q) if wide else fetch_readings(svc.pool, q)
+        q = ReadingQuery.from_params(p)
     except QueryError as exc:
         return error_response(400, str(exc))
+    wide = p["format"] == "wide"
+    data = fetch_wide(svc.pool, q) if wide else fetch_readings(svc.pool, q)
     return json_response({"success": True, "data": data, "count": len(data), "limit": q.limit,
                           "offset": q.offset, "order_by": q.order_by, "desc": q.desc,
                           "format": "wide" if wide else "narrow", "timestamp": now_iso()})
 
 
 @bp.get("/telemetry/aggregate")
-def aggregate() -> Response:
+@accepts(
+    text("metric", max_len=MAX_NAME_LEN, required=True),
+    choice("bucket", BUCKETS, "1m"),
+    choice("agg", AGGREGATES, "avg"),
+    timestamp("start"),
+    timestamp("end"),
+    text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
+)
+def aggregate(p: dict[str, Any]) -> Response:
     try:
-        result = fetch_buckets(services().pool, request.args)
+        result = fetch_buckets(services().pool, p)
     except QueryError as exc:
         return error_response(400, str(exc))
     return json_response({"success": True, **result, "count": len(result["data"]), "timestamp": now_iso()})
@@ -71,7 +114,8 @@ def flush() -> Response:
 
 
 @bp.get("/telemetry/batch/status")
-def batch_status() -> Response:
+@accepts()
+def batch_status(_p: dict[str, Any]) -> Response:
     svc = services()
     body = {"success": True, **svc.buffer.status(), "timestamp": now_iso()}
     spool = svc.extras.get("spool")

@@ -20,7 +20,9 @@ MAX_DEVICE_ID_LEN = 128
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_SLACK = timedelta(days=1)
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+# \A...\Z, not ^...$: "$" also matches before a final newline, so "gw7\n" passed `.match()`
+# and was stored as a second device. Callers elsewhere use `.match()`, which is a full match now.
+DEVICE_RE = re.compile(r"\A[A-Za-z0-9_.:\-]+\Z")
 TIME_KEYS = ("ts", "timestamp", "time")
 DEVICE_KEYS = ("device_id", "device")
 _SPECIAL_KEYS = frozenset(TIME_KEYS + DEVICE_KEYS)
@@ -162,10 +164,15 @@ def check_name(name: str) -> str:
 def check_device_id(device_id: Any) -> str:
     if device_id is None or device_id == "":
         raise InvalidValue("no device_id (send it in the message, X-Device-Id or ?device_id=)")
-    device_id = str(device_id)
+    if not isinstance(device_id, str):
+        # str(true) == "True", str(1.5) == "1.5": a guessed id would file readings under a
+        # device nobody named; the gateway's mistake must be visible instead.
+        kind = {bool: "a boolean", int: "a number", float: "a number", list: "an array"}
+        shown = str(device_id).lower() if isinstance(device_id, bool) else str(device_id)[:40]
+        raise InvalidValue(f"device_id must be a string, not {kind.get(type(device_id), 'a value')} ({shown})")
     if len(device_id) > MAX_DEVICE_ID_LEN:
         raise InvalidValue(f"device_id longer than {MAX_DEVICE_ID_LEN} characters")
-    if not DEVICE_RE.match(device_id):
+    if not DEVICE_RE.fullmatch(device_id):
         raise InvalidValue(f"device_id {device_id[:40]!r} has characters outside [A-Za-z0-9_.:-]")
     return device_id
 
