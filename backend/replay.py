@@ -35,6 +35,7 @@ import psycopg
 from .sinks import Sink, Submission, TransientSinkError, WriteResult
 from .spool import (
     CORRUPT_DIR,
+    SEGMENT_RE,
     Adoption,
     Spool,
     decode_batch,
@@ -158,11 +159,15 @@ class Replayer:
 
     @staticmethod
     def _missing_segments(directory: Path, seqs: list[int]) -> int:
-        missing = sum(b - a - 1 for a, b in zip(seqs, seqs[1:], strict=False))
-        # A checkpoint without its segment: the segment vanished in the middle of a replay.
+        gaps = {s for a, b in zip(seqs, seqs[1:], strict=False) for s in range(a + 1, b)}
+        missing = len(gaps)
+        # A checkpoint without its segment: the segment vanished (every segment gets its
+        # checkpoint when it is created, so this also finds a lost first or last one).
         for cp in directory.glob("seg-*.wal.done"):
             if not (directory / cp.name[: -len(".done")]).exists():
-                missing += 1
+                m = SEGMENT_RE.match(cp.name[: -len(".done")])
+                if m is None or int(m.group(1)) not in gaps:
+                    missing += 1
                 cp.unlink(missing_ok=True)
         return missing
 
