@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from backend.replay import Replayer
 from backend.sinks.postgres import PostgresSink
 from backend.spool import Spool, SpoolFull, list_segments
 from tests.live_server import wait_for
+from tests.loadgen import record_result
+from tests.test_reliability import all_statuses, assert_honest_503s, figures, start_load
 from tests.test_spool import make_sub
 
 TMPFS_BYTES = 2 * 1024 * 1024
@@ -70,7 +73,6 @@ def fill_to_last_byte(filler: Path) -> Path:
                     break
     finally:
         os.close(fd)
-    assert free_bytes(filler.parent) == 0
     return filler
 
 
@@ -104,6 +106,7 @@ def test_replay_drains_a_spool_on_a_disk_full_to_the_last_byte(tiny_disk, pool, 
     acked = spool_until_refused(spool, "full")
     assert acked > 5000 and len(list_segments(spool.dir)) >= 3
     fill_to_last_byte(filler)
+    assert free_bytes(tiny_disk) == 0
     buffer = BatchBuffer(PostgresSink(pool), batch_size=50, flush_interval=0.05)
     buffer.start()
     try:
@@ -128,6 +131,7 @@ def test_full_disk_refuses_new_spool_work_and_status_says_why(tiny_disk, db_prox
         filler = other_file(tiny_disk)
         spool_until_refused(spool, "refuse")
         fill_to_last_byte(filler)
+        assert free_bytes(tiny_disk) == 0
         db_proxy.down()
         buffer.report_sink_failure("test: database cut")
         st = spool.status()
@@ -168,3 +172,54 @@ def test_replayer_error_is_logged_once_and_retried_with_growing_delays(tmp_path,
     caps = [min(rep.error_max_delay, 0.01 * 2 ** i) for i in range(6)]
     assert all(c / 2 <= d <= c for d, c in zip(delays, caps, strict=True)), (delays, caps)
     assert "IsADirectoryError" in (spool.status()["last_problem"] or "")
+
+
+@pytest.mark.slow
+def test_full_tmpfs_spool_drains_after_postgres_returns_without_freeing_space(tiny_disk, make_live_server,
+                                                                             stoppable_pg):
+    """The issue's scenario end to end: 2 gunicorn workers, SPOOL_DIR on a 2 MB tmpfs with no
+    free-space floor, PostgreSQL stopped under load until the disk is full to the last byte
+    (the spool and another file), then started again."""
+    spool_dir = tiny_disk / "spool"
+    server = make_live_server(env={"DATABASE_URL": stoppable_pg.url, "SPOOL_DIR": str(spool_dir),
+                                   "SPOOL_MIN_FREE_BYTES": "0", "ACK_TIMEOUT": "3"}, workers=2)
+    filler = other_file(tiny_disk)
+    lg, rss = start_load(server, threads=4)
+    wait_for(lambda: lg.stats.committed > 20, timeout=30)
+    stoppable_pg.stop()
+    # The spool takes what fits, then refuses; the other file takes every byte left over
+    # (again whenever a refused append gives back the pages it had taken).
+    wait_for(lambda: free_bytes(tiny_disk) < 64 * 1024 and lg.stats.spooled > 100, timeout=120)
+
+    def full_to_the_last_byte() -> bool:
+        fill_to_last_byte(filler)
+        return free_bytes(tiny_disk) == 0
+
+    wait_for(full_to_the_last_byte, timeout=30)
+    s503_full = lg.stats.s503
+    wait_for(lambda: lg.stats.s503 > s503_full + 20, timeout=60)  # refused while full, with Retry-After
+    statuses = all_statuses(server, 2)
+    spools = [st["spool"] for st in statuses.values()]
+    assert spools and all(sp["free_bytes"] == 0 and sp["accepting"] is False for sp in spools), spools
+    assert all("disk full" in sp["refusal_reason"] for sp in spools), [sp["refusal_reason"] for sp in spools]
+    spooled_bytes = sum(p.stat().st_size for p in spool_dir.glob("w-*/seg-*.wal"))
+    filler_bytes = filler.stat().st_size
+    spooled_acks = lg.stats.spooled
+    stoppable_pg.start()
+    started = time.monotonic()
+    # Live load goes on meanwhile; the spool drains on its own, the other file stays.
+    wait_for(lambda: not list(spool_dir.glob("w-*/seg-*.wal")), timeout=120)
+    drained_s = time.monotonic() - started
+    lg.stop()
+    rss.stop()
+    verdict = lg.wait_until_stored(stoppable_pg.url, timeout=60)
+    assert verdict.lost == 0, f"{verdict.line()} sample={verdict.lost_sample}\n{server.log_tail(60)}"
+    assert verdict.duplicates == 0 and verdict.ts_mismatch == 0, verdict.line()
+    assert filler.stat().st_size == filler_bytes, "nobody freed space by hand"
+    assert_honest_503s(lg)
+    log = server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "No space left on device" not in log.replace("disk full", ""), \
+        server.log_tail(60)
+    record_result("spool_disk_full_to_last_byte", figures(
+        lg, verdict, rss, spooled_acks_before_restart=spooled_acks, spool_bytes_at_full=spooled_bytes,
+        other_file_bytes=filler_bytes, restart_to_drained_s=round(drained_s, 1)))
