@@ -491,14 +491,16 @@ class Spool:
         seq = self._next_seq
         self._next_seq += 1
         path = self.dir / segment_name(seq)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o644)
+        fd = -1
         try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o644)
             # The replay's position record is allocated now, while there is room, so that
             # replaying needs no new space even when the disk has filled up meanwhile.
             create_checkpoint(path, sync=self.fsync)
         except OSError as exc:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            if fd >= 0:
+                os.close(fd)
+                path.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._enospc_free = self._free_or_zero()
                 raise SpoolFull(f"disk full: {exc}") from exc
