@@ -57,6 +57,8 @@ class Config:
     spool_dir: str = ""
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_min_free_bytes: int = 256 * 1024 * 1024
+    # /health says "degraded" once the oldest acknowledged, not yet stored reading is older (s).
+    health_max_unflushed_age: float = 60.0
     # Partitions
     partitions_ahead_months: int = 3
     # Auth, limits, CORS
@@ -118,6 +120,7 @@ class Config:
             spool_dir=g("SPOOL_DIR", ""),
             spool_max_bytes=_int(g("SPOOL_MAX_BYTES"), 1024 * 1024 * 1024),
             spool_min_free_bytes=_int(g("SPOOL_MIN_FREE_BYTES"), 256 * 1024 * 1024),
+            health_max_unflushed_age=_float(g("HEALTH_MAX_UNFLUSHED_AGE"), 60.0),
             partitions_ahead_months=_int(g("PARTITIONS_AHEAD_MONTHS"), 3),
             admin_api_key=g("ADMIN_API_KEY", ""),
             auth_required=_bool(g("AUTH_REQUIRED"), True),

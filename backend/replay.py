@@ -12,11 +12,18 @@ checkpoint replays that chunk again, which inserts nothing twice. Before every c
 replayer lets a pending live flush go first, so a backlog never starves live ingest.
 A chunk that fails with a transient error opens the circuit; the replay resumes when the
 probe finds the database again.
+
+A completely full disk does not stop it (issue 11): the checkpoint is overwritten in place
+in a file allocated with the segment (spool_checkpoint.py), a checkpoint that cannot be
+written only costs a re-sent chunk after a crash, and a finished segment is deleted, which
+frees space. Any other error of a pass is logged once with its traceback and retried with
+capped exponential backoff, not every second.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +35,7 @@ import psycopg
 from .sinks import Sink, Submission, TransientSinkError, WriteResult
 from .spool import (
     CORRUPT_DIR,
+    SEGMENT_RE,
     Adoption,
     Spool,
     decode_batch,
@@ -52,6 +60,11 @@ class Replayer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = threading.Lock()
+        # Backoff after a failed pass: from scan_interval, doubling, capped; planned delays are
+        # kept (the last 50) so tests and operators can see the schedule.
+        self.error_max_delay = max(self.scan_interval, 60.0 * self.scan_interval)
+        self.error_delays: list[float] = []
+        self._checkpoint_failed: set[Path] = set()
 
     def start(self) -> Replayer:
         if self._thread is None:
@@ -65,17 +78,37 @@ class Replayer:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        failures = 0
+        last_error = ""
         while not self._stop.is_set():
             try:
                 worked = self.run_once()
             except Exception as exc:  # noqa: BLE001 - never let the replayer die; retry later
-                log.exception("replayer: unexpected error")
-                self.spool.note_problem(f"replayer error: {exc}")
-                worked = False
+                error = f"{type(exc).__name__}: {exc}"
+                delay = self._error_delay(failures)
+                failures += 1
+                if error != last_error:
+                    log.exception("replayer: pass failed; retrying in %.1fs, then backing off", delay)
+                elif failures & (failures - 1) == 0:  # 2, 4, 8, ... failures: a line, no traceback
+                    log.warning("replayer: still failing after %d passes (%s); next try in %.1fs",
+                                failures, error[:200], delay)
+                last_error = error
+                self.spool.note_problem(f"replayer error ({failures} passes): {error}")
+                self._stop.wait(delay)
+                continue
+            if failures:
+                log.warning("replayer: working again after %d failed passes", failures)
+                failures, last_error = 0, ""
             if not worked:
                 if not self.buffer.sink_available():
                     self.buffer.sink_ok.wait(self.scan_interval)
                 self._stop.wait(self.scan_interval if self.buffer.sink_available() else 0.05)
+
+    def _error_delay(self, failures: int) -> float:
+        top = min(self.error_max_delay, self.scan_interval * 2 ** min(failures, 40))
+        delay = random.uniform(top / 2, top)
+        self.error_delays = (self.error_delays + [delay])[-50:]
+        return delay
 
     def run_once(self) -> bool:
         """One pass over own segments and orphaned directories; True when something was replayed."""
@@ -113,27 +146,39 @@ class Replayer:
             self._write_note(f"{adoption.directory.name}-missing.json",
                              {"worker_dir": adoption.directory.name, "missing_segments": missing,
                               "at": datetime.now(UTC).isoformat()})
-        for _seq, path in segments:
-            if self._stop.is_set() or not self._replay_segment(path, own=False):
-                adoption.release(remove=False)  # someone (maybe us) resumes from the checkpoint
-                return True
+        try:
+            for _seq, path in segments:
+                if self._stop.is_set() or not self._replay_segment(path, own=False):
+                    adoption.release(remove=False)  # someone (maybe us) resumes from the checkpoint
+                    return True
+        except BaseException:
+            adoption.release(remove=False)  # a lock kept by a failed pass would block every later one
+            raise
         adoption.release(remove=True)
         return True
 
     @staticmethod
     def _missing_segments(directory: Path, seqs: list[int]) -> int:
-        missing = sum(b - a - 1 for a, b in zip(seqs, seqs[1:], strict=False))
-        # A checkpoint without its segment: the segment vanished in the middle of a replay.
+        gaps = {s for a, b in zip(seqs, seqs[1:], strict=False) for s in range(a + 1, b)}
+        missing = len(gaps)
+        # A checkpoint without its segment: the segment vanished (every segment gets its
+        # checkpoint when it is created, so this also finds a lost first or last one).
         for cp in directory.glob("seg-*.wal.done"):
             if not (directory / cp.name[: -len(".done")]).exists():
-                missing += 1
+                m = SEGMENT_RE.match(cp.name[: -len(".done")])
+                if m is None or int(m.group(1)) not in gaps:
+                    missing += 1
                 cp.unlink(missing_ok=True)
         return missing
 
     def _write_note(self, name: str, note: dict[str, Any]) -> None:
         aside = self.spool.root / CORRUPT_DIR
-        aside.mkdir(exist_ok=True)
-        (aside / name).write_bytes(orjson.dumps(note, option=orjson.OPT_INDENT_2))
+        try:
+            aside.mkdir(exist_ok=True)
+            (aside / name).write_bytes(orjson.dumps(note, option=orjson.OPT_INDENT_2))
+        except OSError as exc:  # a full disk must not stop the replay for want of a note
+            (aside / name).unlink(missing_ok=True)
+            log.error("spool: note %s not written (%s): %s", name, exc, note)
         self.spool._corrupt_cache = None
 
     # ---- one segment -------------------------------------------------------------------
@@ -157,7 +202,7 @@ class Replayer:
             nonlocal chunk, chunk_rows, chunk_records
             if chunk and not self._write_chunk(chunk, chunk_rows, chunk_records):
                 return False
-            write_checkpoint_full(path, chunk_end, bad_records, bad_bytes)
+            self._checkpoint(path, chunk_end, bad_records, bad_bytes)
             if own:
                 self.spool.note_progress(path, chunk_rows)
             chunk, chunk_rows, chunk_records = [], 0, 0
@@ -205,7 +250,23 @@ class Replayer:
                       path.name, bad_records, target)
         else:
             self.spool.segment_done(path)
+        self._checkpoint_failed.discard(path)
         return True
+
+    def _checkpoint(self, path: Path, offset: int, bad_records: int, bad_bytes: int) -> None:
+        try:
+            write_checkpoint_full(path, offset, bad_records, bad_bytes, sync=self.spool.fsync)
+        except OSError as exc:
+            # Only a segment without a pre-allocated checkpoint (an older version's) gets here,
+            # on a full disk. The replay goes on from memory: a crash before the segment is
+            # finished re-sends its chunks, which the idempotent insert makes no-ops.
+            if path not in self._checkpoint_failed:
+                self._checkpoint_failed.add(path)
+                msg = f"{path.parent.name}/{path.name}: checkpoint not written ({exc}); replay continues"
+                log.warning("spool: %s", msg)
+                self.spool.note_problem(msg)
+            return
+        self._checkpoint_failed.discard(path)
 
     def _write_chunk(self, chunk: list[Submission], rows: int, records: int) -> bool:
         self.buffer.yield_to_live()

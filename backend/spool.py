@@ -4,7 +4,8 @@ Layout (SPOOL_DIR, default DATA_DIR/spool):
 
     <root>/w-<pid>-<random>/lock              one directory per live worker, flock'ed by it
     <root>/w-<pid>-<random>/seg-00000003-<ms>.wal   segments, appended, rolled by size
-    <root>/w-<pid>-<random>/seg-00000003-<ms>.wal.done   replay checkpoint (byte offset)
+    <root>/w-<pid>-<random>/seg-00000003-<ms>.wal.done   replay checkpoint, made with the segment
+                                               and overwritten in place (spool_checkpoint.py)
     <root>/corrupt/<worker>-<segment> (+ .json)   damaged segments moved aside, with counts
     <root>/.quota                              flock'ed while checking the size bound
 
@@ -51,6 +52,13 @@ import orjson
 
 from .parsing import ParseError, Reading
 from .sinks import Submission
+from .spool_checkpoint import (
+    CHECKPOINT_SUFFIX,
+    checkpoint_path,
+    create_checkpoint,
+    read_checkpoint_full,
+)
+from .spool_checkpoint import write_checkpoint_full as write_checkpoint_full  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +68,15 @@ _LEN = struct.Struct("<I")
 MAX_RECORD_BYTES = 512 * 1024 * 1024
 WORKER_PREFIX = "w-"
 SEGMENT_RE = re.compile(r"^seg-(\d{8})-(\d+)\.wal$")
-CHECKPOINT_SUFFIX = ".done"
 LOCK_NAME = "lock"
 CORRUPT_DIR = "corrupt"
 QUOTA_LOCK = ".quota"
 # A reading costs about this much in a record (payload with raw text, plus framing).
 EST_BYTES_PER_READING = 160
+# The smallest record: what "is the spool accepting?" asks room for.
+MIN_RECORD_BYTES = HEADER.size + EST_BYTES_PER_READING
+# What a new segment costs beyond its record: its checkpoint's block.
+NEW_SEGMENT_BYTES = 4096
 
 
 class SpoolFull(RuntimeError):
@@ -213,27 +224,8 @@ def segment_created(path: Path) -> float:
     return int(m.group(2)) / 1000 if m else 0.0
 
 
-def read_checkpoint_full(path: Path) -> tuple[int, int, int]:
-    """(byte offset replayed so far, corrupt spans seen before it, their bytes)."""
-    try:
-        parts = (path.parent / (path.name + CHECKPOINT_SUFFIX)).read_text().split()
-        nums = [int(x) for x in parts[:3]] + [0, 0, 0]
-        return nums[0], nums[1], nums[2]
-    except (FileNotFoundError, ValueError):
-        return 0, 0, 0
-
-
 def read_checkpoint(path: Path) -> int:
     return read_checkpoint_full(path)[0]
-
-
-def write_checkpoint_full(path: Path, offset: int, corrupt_records: int = 0, corrupt_bytes: int = 0) -> None:
-    # Not fsync'd on purpose: a lost checkpoint only means a chunk is replayed again,
-    # and replaying is idempotent.
-    cp = path.parent / (path.name + CHECKPOINT_SUFFIX)
-    tmp = cp.with_name(cp.name + ".tmp")
-    tmp.write_text(f"{offset} {corrupt_records} {corrupt_bytes}")
-    os.replace(tmp, cp)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -340,6 +332,9 @@ class Spool:
         self._usage_cache: tuple[float, dict[str, Any]] | None = None
         self._accept_cache: tuple[float, bool, str] | None = None
         self._corrupt_cache: tuple[float, dict[str, int]] | None = None
+        # Free bytes when a write last failed with ENOSPC: statvfs can show a few bytes free
+        # that no write can use, so the spool refuses until the disk has more than that.
+        self._enospc_free: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -358,6 +353,9 @@ class Spool:
             _fsync_dir(self.root)
         self.dir = self.root / name
         self._lockfd = fd
+        # Made now, while there is room: moving a damaged segment aside on a full disk
+        # must not need a new directory.
+        (self.root / CORRUPT_DIR).mkdir(exist_ok=True)
         self._cleanup_stale_tmp()
         return self
 
@@ -410,6 +408,10 @@ class Spool:
         if used + nbytes > self.max_bytes:
             return False, f"spool full ({used} of {self.max_bytes} bytes, SPOOL_MAX_BYTES)"
         free = self.free_bytes()
+        if self._enospc_free is not None and free > self._enospc_free:
+            self._enospc_free = None  # space was freed since the failed write: try again
+        if free < nbytes or self._enospc_free is not None:
+            return False, f"disk full ({free} bytes free; a replay or an operator must free space)"
         if free - nbytes < self.min_free_bytes:
             return False, f"disk nearly full ({free} bytes free, SPOOL_MIN_FREE_BYTES={self.min_free_bytes})"
         return True, ""
@@ -441,21 +443,23 @@ class Spool:
             # within SPOOL_MAX_BYTES. The fsync happens after the lock is released.
             fcntl.flock(qfd, fcntl.LOCK_EX)
             self._usage_cache = None
-            ok, reason = self._room_for(len(record))
+            seg = self._active
+            roll = seg is not None and seg.size > 0 and seg.size + len(record) > self.segment_bytes
+            new = seg is None or roll
+            ok, reason = self._room_for(len(record) + (NEW_SEGMENT_BYTES if new else 0))
             if not ok:
                 raise SpoolFull(reason)
-            seg = self._active
-            if seg is not None and seg.size > 0 and seg.size + len(record) > self.segment_bytes:
+            if roll:
                 self._seal_locked()
-                seg = None
-            new = seg is None
-            if seg is None:
+            if new:
                 seg = self._open_segment()
+            assert seg is not None
             try:
                 _write_all(seg.fd, record)
             except OSError as exc:
                 os.ftruncate(seg.fd, seg.size)  # never leave half a record behind
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._enospc_free = self._free_or_zero()
                     raise SpoolFull(f"disk full: {exc}") from exc
                 raise SpoolFull(f"spool write failed: {exc}") from exc
         finally:
@@ -476,12 +480,31 @@ class Spool:
         c.appended_bytes += len(record)
         self._usage_cache = None
 
+    def _free_or_zero(self) -> int:
+        try:
+            return self.free_bytes()
+        except OSError:
+            return 0
+
     def _open_segment(self) -> _Segment:
         assert self.dir is not None
         seq = self._next_seq
         self._next_seq += 1
         path = self.dir / segment_name(seq)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o644)
+        fd = -1
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND, 0o644)
+            # The replay's position record is allocated now, while there is room, so that
+            # replaying needs no new space even when the disk has filled up meanwhile.
+            create_checkpoint(path, sync=self.fsync)
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._enospc_free = self._free_or_zero()
+                raise SpoolFull(f"disk full: {exc}") from exc
+            raise SpoolFull(f"spool write failed: {exc}") from exc
         self._active = _Segment(seq, path, fd=fd)
         return self._active
 
@@ -496,10 +519,9 @@ class Spool:
         if seg.records:
             self._sealed.append(seg)
         else:
-            try:
-                seg.path.unlink()
-            except FileNotFoundError:
-                pass
+            # Checkpoint first: a checkpoint without its segment would look like a lost segment.
+            checkpoint_path(seg.path).unlink(missing_ok=True)
+            seg.path.unlink(missing_ok=True)
 
     # ---- replay side -----------------------------------------------------------------
 
@@ -517,7 +539,8 @@ class Spool:
     def segment_done(self, path: Path) -> None:
         """Every record of `path` is in PostgreSQL: delete it and its checkpoint."""
         # Checkpoint first: a checkpoint without its segment would look like a lost segment.
-        for p in (path.parent / (path.name + CHECKPOINT_SUFFIX), path):
+        # Only unlinks: finishing a segment frees space and never needs any.
+        for p in (checkpoint_path(path), path):
             try:
                 p.unlink()
             except FileNotFoundError:
@@ -537,12 +560,19 @@ class Spool:
         aside_dir = self.root / CORRUPT_DIR
         aside_dir.mkdir(exist_ok=True)
         target = aside_dir / f"{path.parent.name}-{path.name}"
-        (aside_dir / (target.name + ".json")).write_bytes(orjson.dumps(note, option=orjson.OPT_INDENT_2))
-        try:
-            (path.parent / (path.name + CHECKPOINT_SUFFIX)).unlink()
-        except FileNotFoundError:
-            pass
+        # On a full disk only the note needs new space, so it comes last and may fail: the
+        # segment is out of the replay's way either way (a crash before the rename means
+        # its intact records are replayed again, as no-ops).
+        checkpoint_path(path).unlink(missing_ok=True)
         os.replace(path, target)
+        note_path = aside_dir / (target.name + ".json")
+        try:
+            note_path.write_bytes(orjson.dumps(note, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            note_path.unlink(missing_ok=True)
+            msg = f"{target.name}: note not written ({exc}); its counts are in the log only"
+            log.error("spool: %s", msg)
+            self.note_problem(msg)
         with self._lock:
             self._sealed = [s for s in self._sealed if s.path != path]
             self.counters.corrupt_segments += 1
@@ -655,7 +685,9 @@ class Spool:
             free = self.free_bytes()
         except OSError:
             free = None
-        ok, reason = self._room_for(0) if self.dir is not None else (False, "spool not open")
+        # Room for the smallest record, not for nothing: on a disk full to the last byte
+        # "room for 0 bytes" said accepting while every append failed (issue 11).
+        ok, reason = self._room_for(MIN_RECORD_BYTES) if self.dir is not None else (False, "spool not open")
         c = self.counters
         corrupt = self.corrupt_totals()
         return {

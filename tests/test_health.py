@@ -42,3 +42,46 @@ def test_maintenance_creates_missing_partitions(app, db):
     db.execute(f'DROP TABLE "{parts}"')
     assert maint.run_once() == 1
     assert maint.run_once() == 0
+
+
+def _old_backlog_of_a_live_worker(root, age_s: float):
+    """A segment `age_s` old in another live worker's directory: its lock is held, so this
+    app's replayer leaves it alone, like a backlog whose replay is stuck."""
+    import time as _time
+
+    from backend.spool import Spool, list_segments
+    from tests.test_spool import make_sub
+
+    other = Spool(root, max_bytes=2**30, min_free_bytes=0).open()
+    other.append([make_sub("stuck", 0, 3)])
+    other.take_own_segments()
+    ((seq, path),) = list_segments(other.dir)
+    old = path.with_name(f"seg-{seq:08d}-{int((_time.time() - age_s) * 1000)}.wal")
+    path.rename(old)
+    path.with_name(path.name + ".done").rename(old.with_name(old.name + ".done"))
+    return other
+
+
+def test_health_degraded_when_the_oldest_unflushed_reading_is_too_old(make_app, app_config):
+    from pathlib import Path
+
+    app = make_app()
+    other = _old_backlog_of_a_live_worker(Path(app_config.spool_dir).resolve(), age_s=479)
+    try:
+        client = app.test_client()
+        r = client.get("/health")
+        assert r.status_code == 200  # the database answers: HTTP follows database_connected
+        assert r.json["status"] == "degraded" and r.json["database_connected"] is True
+        assert r.json["oldest_unflushed_age_s"] >= 479 and r.json["max_unflushed_age_s"] == 60
+        assert "not reaching the database" in r.json["reason"] and "HEALTH_MAX_UNFLUSHED_AGE=60" in r.json["reason"]
+        lenient = make_app(health_max_unflushed_age=3600).test_client().get("/health")
+        assert lenient.status_code == 200 and lenient.json["status"] == "healthy" and "reason" not in lenient.json
+    finally:
+        other.close()
+
+
+def test_health_max_unflushed_age_is_read_from_the_environment():
+    from backend.config import Config
+
+    assert Config.from_env({}).health_max_unflushed_age == 60.0
+    assert Config.from_env({"HEALTH_MAX_UNFLUSHED_AGE": "90"}).health_max_unflushed_age == 90.0

@@ -33,7 +33,10 @@ from backend.spool import (
     iter_spans,
     list_segments,
     read_checkpoint,
+    read_checkpoint_full,
+    write_checkpoint_full,
 )
+from backend.spool_checkpoint import CHECKPOINT_BYTES, SLOT_STRIDE, checkpoint_path
 
 BASE = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -315,3 +318,54 @@ def test_damaged_spool_delivers_every_intact_record_and_counts_the_rest(tmp_path
     # A second pass finds nothing to do: no crash loop, no re-delivery.
     assert not rep.run_once()
     buf.close(5)
+
+
+# ---- checkpoints: in place, torn writes, old format -------------------------------------
+
+
+def test_checkpoint_is_allocated_with_its_segment_and_overwritten_in_place(tmp_path):
+    spool = open_spool(tmp_path)
+    spool.append([make_sub("cp", 0, 3)])
+    (path,) = spool.take_own_segments()
+    cp = checkpoint_path(path)
+    before = os.stat(cp)
+    assert before.st_size == CHECKPOINT_BYTES and read_checkpoint_full(path) == (0, 0, 0)
+    for offset in (100, 250, 400, 900):
+        write_checkpoint_full(path, offset, 1, 7)
+        after = os.stat(cp)
+        # the same inode, the same size, the same blocks: nothing allocated, nothing renamed
+        assert (after.st_ino, after.st_size, after.st_blocks) == (before.st_ino, before.st_size, before.st_blocks)
+        assert read_checkpoint_full(path) == (offset, 1, 7)
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_torn_checkpoint_write_falls_back_to_the_previous_position_never_past_it(tmp_path):
+    spool = open_spool(tmp_path)
+    spool.append([make_sub("cp", 0, 3)])
+    (path,) = spool.take_own_segments()
+    cp = checkpoint_path(path)
+    write_checkpoint_full(path, 100)
+    write_checkpoint_full(path, 200)  # generation 2: slot 0
+    pristine = cp.read_bytes()
+    for cut in range(1, 40):  # the write of generation 3 (a 40-byte slot, slot 1) torn after `cut` bytes
+        write_checkpoint_full(path, 300)
+        torn = bytearray(cp.read_bytes())
+        torn[SLOT_STRIDE + cut:2 * SLOT_STRIDE] = pristine[SLOT_STRIDE + cut:2 * SLOT_STRIDE]
+        cp.write_bytes(bytes(torn))
+        assert read_checkpoint_full(path)[0] == 200  # the torn slot is not trusted
+        cp.write_bytes(pristine)
+    cp.write_bytes(b"\xff" * CHECKPOINT_BYTES)  # both slots destroyed: from the start, re-sending only
+    assert read_checkpoint_full(path) == (0, 0, 0)
+
+
+def test_checkpoint_of_an_older_version_is_read_and_then_updated(tmp_path):
+    spool = open_spool(tmp_path)
+    spool.append([make_sub("cp", 0, 3)])
+    (path,) = spool.take_own_segments()
+    checkpoint_path(path).write_text("123 1 9")
+    assert read_checkpoint_full(path) == (123, 1, 9)
+    write_checkpoint_full(path, 456, 1, 9)
+    assert read_checkpoint_full(path) == (456, 1, 9)
+    checkpoint_path(path).unlink()  # a segment that never had one
+    write_checkpoint_full(path, 789)
+    assert read_checkpoint(path) == 789

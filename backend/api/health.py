@@ -28,16 +28,29 @@ def health() -> Response:
             svc.buffer.report_sink_failure(f"health check: {exc}")
     batch = svc.buffer.status()
     batch["supabase_healthy"] = connected
+    spool = svc.extras.get("spool")
+    spool_status = spool.status() if spool is not None else None
+    age = max(batch["oldest_pending_age_s"], spool_status["oldest_unflushed_age_s"] if spool_status else 0.0)
+    limit = svc.config.health_max_unflushed_age
+    status = "healthy" if connected else "unhealthy"
+    if connected and 0 < limit < age:
+        # The database answers, yet acknowledged readings are not reaching it (a stuck or
+        # slow replay, a full disk): an operator must hear of it. Still 200: this instance
+        # takes and keeps data, and a balancer that dropped it would not drain the backlog.
+        status = "degraded"
+        reason = (f"acknowledged readings are not reaching the database: the oldest unflushed one is"
+                  f" {age:.0f}s old (HEALTH_MAX_UNFLUSHED_AGE={limit:g})")
     body = {
-        "status": "healthy" if connected else "unhealthy",
+        "status": status,
         "timestamp": now_iso(),
         "database_connected": connected,
         "supabase_connected": connected,  # the seed's name for the same fact
+        "oldest_unflushed_age_s": age,
+        "max_unflushed_age_s": limit,
         "batch_status": batch,
     }
-    spool = svc.extras.get("spool")
-    if spool is not None:
-        body["spool"] = spool.status()
+    if spool_status is not None:
+        body["spool"] = spool_status
     if reason:
         body["reason"] = reason
     return json_response(body, 200 if connected else 503)
