@@ -9,7 +9,10 @@ import os
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 0) or max(2, multiprocessing.cpu_count() + 1)
-worker_class = "gthread"
+# gthread whose event loop reads each request before a thread runs it, so slow or idle clients
+# never hold a thread (issue 11; backend/http_worker.py, figures in docs/reliability.md).
+# GUNICORN_WORKER_CLASS=gthread is gunicorn's own, for comparison or TLS in gunicorn.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or "backend.http_worker.BufferingThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # gthread keeps a keep-alive connection on the worker that accepted it, and one worker can
 # accept all of them (measured: 32 wrk connections, 1 of 3 workers busy). Capping the

@@ -81,6 +81,11 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 5000
     web_concurrency: int = 0
+    # Slow clients (backend/http_worker.py): seconds for the header block; for the body, seconds
+    # plus one more per CLIENT_BODY_MIN_RATE bytes received.
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 20.0
+    client_body_min_rate: int = 500
     log_level: str = "INFO"
     testing: bool = False
     # Fault injection, only honoured when testing is on (see docs/reliability.md).
@@ -137,6 +142,9 @@ class Config:
             host=g("HOST", "127.0.0.1"),
             port=_int(g("PORT"), 5000),
             web_concurrency=_int(g("WEB_CONCURRENCY"), 0),
+            client_header_timeout=_float(g("CLIENT_HEADER_TIMEOUT"), 10.0),
+            client_body_timeout=_float(g("CLIENT_BODY_TIMEOUT"), 20.0),
+            client_body_min_rate=_int(g("CLIENT_BODY_MIN_RATE"), 500),
             log_level=g("LOG_LEVEL", "INFO"),
             testing=_bool(g("TESTING"), False),
             fault_point=g("FAULT_POINT", ""),

@@ -6,7 +6,9 @@ Two budgets, each one bucket across all endpoints, and each request is counted b
   NAT (or a benchmark on one machine) are not throttled together;
 - per client IP (RATE_LIMIT_IP) for requests without a valid key (public endpoints, missing,
   wrong or revoked keys), so guessing keys or flooding without one is bounded.
-ADMIN_API_KEY (the operator's key, also used by tests and benchmarks) is exempt. An empty
+ADMIN_API_KEY (the operator's key, also used by tests and benchmarks) is exempt, and so is
+`/health` (EXEMPT_ENDPOINTS): a load balancer probing it must never be limited into marking
+the service down, nor spend the budget of the clients behind the same address. An empty
 limit string disables that limit.
 
 With REDIS_URL the counters live in Redis and every worker and instance shares them;
@@ -29,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from flask import Response
+from flask import Response, has_request_context, request
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
@@ -39,6 +41,8 @@ from .api.responses import error_response
 log = logging.getLogger(__name__)
 NAMESPACE = "telemetry"
 REDIS_RETRY_S = 5.0
+# Checked here rather than in each caller, so no path of the auth hook can count them.
+EXEMPT_ENDPOINTS = frozenset({"health.health"})
 
 
 class RateLimits:
@@ -70,6 +74,8 @@ class RateLimits:
         return self.memory
 
     def _check(self, item: RateLimitItem, bucket: str) -> Response | None:
+        if has_request_context() and request.endpoint in EXEMPT_ENDPOINTS:
+            return None
         limiter = self._limiter()
         try:
             allowed = limiter.hit(item, NAMESPACE, bucket)

@@ -113,3 +113,19 @@ def test_counters_are_shared_through_redis_across_workers(make_live_server):
     # one budget for the key across both workers: exactly 10 allowed, not 10 per worker
     assert codes.count(200) == 10 and codes.count(429) == len(codes) - 10
     assert requests.get(server.url + "/api/devices", headers={"X-API-Key": other}, timeout=10).status_code == 200
+
+
+def test_health_is_never_rate_limited(make_app):
+    # A load balancer probes /health far more often than any budget allows; a 429 there
+    # would mark the service down, and its probes must not spend its clients' budget either.
+    app = make_app(rate_limit_default="2/minute", rate_limit_ip="3/minute")
+    c = app.test_client()
+    key = new_key(c)
+    assert all(c.get("/health").status_code == 200 for _ in range(10))
+    assert all(c.get("/health", headers={"X-API-Key": key}).status_code == 200 for _ in range(5))
+    # the probes spent nothing: the address still has its 3 requests, the key its 2
+    assert [c.get("/api/devices", headers={"X-API-Key": f"tk_guess{i}"}).status_code
+            for i in range(4)] == [401, 401, 401, 429]
+    assert [c.get("/api/devices", headers={"X-API-Key": key}).status_code for _ in range(3)] == [200, 200, 429]
+    # and once the address is over its budget, /health still answers
+    assert c.get("/health").status_code == 200

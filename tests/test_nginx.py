@@ -1,0 +1,203 @@
+"""The project's nginx (docker/nginx.conf + docker/templates/) in front of a live gunicorn, and
+docker-compose.yml (issue 10, and issue 11 behind nginx).
+
+nginx runs for real, as a child process on a free port with a temporary prefix; the template is
+rendered the way the nginx image does it (envsubst), with docker-compose.yml's values. docker
+compose itself cannot run here (no engine), so the compose file is checked as YAML, and with
+`docker compose config` where the compose plugin exists.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.live_server import ROOT, free_port, wait_for
+from tests.slowloris import SlowClients, keep_posting, p99
+
+yaml = pytest.importorskip("yaml", reason="PyYAML (requirements-dev.txt) reads docker-compose.yml")
+
+COMPOSE = ROOT / "docker-compose.yml"
+VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+NGINX_TIMEOUT_S = 3
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def compose_env(service: str) -> dict[str, str]:
+    """A service's environment as compose would set it with no .env and nothing exported."""
+    env = compose()["services"][service].get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: VAR.sub(lambda m: m.group(2) or "", str(v)) for k, v in env.items()}
+
+
+def start_nginx(tmp: Path, upstream_port: int, **overrides: str) -> tuple[subprocess.Popen, int]:
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed (apt-get install -y nginx; .ci/run does it)")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "conf.d").mkdir(exist_ok=True)
+    values = {**compose_env("nginx"), "API_UPSTREAM": f"127.0.0.1:{upstream_port}", **overrides}
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    port = free_port()
+    assert conf.count("listen 80;") == 1
+    (tmp / "nginx.conf").write_text(conf.replace("listen 80;", f"listen 127.0.0.1:{port};"))
+    for template in (ROOT / "docker" / "templates").glob("*.template"):
+        text = VAR.sub(lambda m: values[m.group(1)], template.read_text())  # KeyError: compose lacks it
+        # Only for this test: paths a non-root nginx can write, and no shared access log.
+        text += "".join(f"\n{kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                         "uwsgi", "scgi"))
+        text += f"\naccess_log {tmp}/access.log;\n"
+        (tmp / "conf.d" / template.name.removesuffix(".template")).write_text(text)
+    # As root, workers would switch to nobody, who cannot enter pytest's private temp dirs.
+    user = "user root; " if os.geteuid() == 0 else ""
+    args = ["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
+            "-g", f"daemon off; pid {tmp}/nginx.pid; error_log stderr; {user}"]
+    check = subprocess.run([*args[:-2], "-t", *args[-2:]], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    log = open(tmp / "error.log", "ab")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp / "error.log").read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(ready, timeout=15)
+    return proc, port
+
+
+@pytest.fixture
+def behind_nginx(make_live_server, tmp_path):
+    """make(env=..., workers=..., threads=...) -> (server, nginx base URL); all stopped at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def make(env: dict[str, str] | None = None, nginx: dict[str, str] | None = None, **kw) -> tuple:
+        # The api's settings as docker-compose.yml gives them (PROXY_FIX_HOPS above all), with
+        # this machine's database and Redis instead of the compose services.
+        api_env = {k: v for k, v in compose_env("api").items() if k not in ("DATABASE_URL", "REDIS_URL", "HOST")}
+        server = make_live_server(env={**api_env, **(env or {})}, **kw)
+        proc, port = start_nginx(tmp_path / f"nginx{len(procs)}", server.port, **(nginx or {}))
+        procs.append(proc)
+        return server, f"http://127.0.0.1:{port}"
+
+    yield make
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_ingest_and_query_through_nginx(behind_nginx):
+    server, url = behind_nginx()
+    auth = server.headers(**{"X-Device-Id": "via-nginx", "Content-Type": "text/plain"})
+    r = requests.post(url + "/telemetry/parse", data="alt:150,bat_v:12.4", headers=auth, timeout=10)
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    r = requests.get(url + "/telemetry/query?device_id=via-nginx", headers=server.headers(), timeout=10)
+    assert r.status_code == 200, r.text
+    assert sorted(row["metric"] for row in r.json()["data"]) == ["alt", "bat_v"]
+    assert requests.get(url + "/health", timeout=10).status_code == 200
+
+
+def get_from(base: str, source: str, path: str, headers: dict[str, str] | None = None) -> int:
+    """GET from a chosen local source address: nginx sees a different client per address."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers=headers or {})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_each_client_address_has_its_own_budget_and_health_none(behind_nginx):
+    server, url = behind_nginx(env={"RATE_LIMIT_IP": "3/minute"})
+    bad_key = {"X-API-Key": "tk_wrong"}
+    assert [get_from(url, "127.0.0.1", "/health") for _ in range(5)] == [200] * 5  # a prober: never limited
+    assert [get_from(url, "127.0.0.1", "/api/devices", bad_key) for _ in range(4)] == [401, 401, 401, 429]
+    # another client behind the same nginx still has its whole budget
+    assert get_from(url, "127.0.0.2", "/api/devices", bad_key) == 401
+    # naming another address does not escape the budget: nginx appends the real one, the app takes that
+    spoofed = {**bad_key, "X-Forwarded-For": "10.1.2.3"}
+    assert get_from(url, "127.0.0.1", "/api/devices", spoofed) == 429
+    assert get_from(url, "127.0.0.1", "/health") == 200
+
+
+def test_body_over_max_body_bytes_gets_the_apps_json_413(behind_nginx):
+    server, url = behind_nginx()
+    auth = server.headers(**{"X-Device-Id": "big", "Content-Type": "text/plain"})
+    r = requests.post(url + "/telemetry/parse", data=b"x" * (10 * 1024 * 1024 + 1), headers=auth, timeout=60)
+    assert r.status_code == 413
+    assert r.json()["error"] == "body of 10485761 bytes is over the 10485760-byte limit"  # the app's own
+    # beyond nginx's own limit: still JSON, and it says which limit
+    r = requests.post(url + "/telemetry/parse", data=b"x" * (12 * 1024 * 1024), headers=auth, timeout=60)
+    assert r.status_code == 413 and "client_max_body_size" in r.json()["error"]
+
+
+def test_slow_clients_never_reach_gunicorn(behind_nginx):
+    # gunicorn's stock gthread with 2 threads: two slow sockets straight at it stall it ...
+    server, url = behind_nginx(env={"GUNICORN_WORKER_CLASS": "gthread"}, workers=1, threads=2,
+                               nginx={"NGINX_CLIENT_HEADER_TIMEOUT": f"{NGINX_TIMEOUT_S}s",
+                                      "NGINX_CLIENT_BODY_TIMEOUT": f"{NGINX_TIMEOUT_S}s"})
+    with SlowClients("127.0.0.1", server.port, headers=2, bodies=0):
+        with pytest.raises(requests.Timeout):
+            requests.get(server.url + "/health", timeout=2)
+    # ... but behind nginx 64 + 64 of them change nothing, and nginx cuts them off
+    with SlowClients("127.0.0.1", int(url.rsplit(":", 1)[1]), headers=64, bodies=64, trickle=None) as slow:
+        latencies = keep_posting(url, server.api_key, duration=NGINX_TIMEOUT_S - 1.0, interval=0.05)
+        open_while_posting = slow.open_count()
+        wait_for(lambda: slow.open_count() == 0, timeout=NGINX_TIMEOUT_S + 10)
+    assert p99(latencies) < 1.0, f"p99 {p99(latencies):.2f} s"
+    assert open_while_posting == 128
+    assert all(s.closed - s.opened >= NGINX_TIMEOUT_S - 0.5 for s in slow.sockets)
+    assert server.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'normal-client'")[0][0] \
+        == len(latencies)
+
+
+def test_compose_runs_without_env_file_and_sets_the_hops_for_its_nginx():
+    spec = compose()
+    api, nginx = spec["services"]["api"], spec["services"]["nginx"]
+    # a fresh clone has no .env: every env_file must be optional ...
+    for entry in api.get("env_file", []):
+        assert isinstance(entry, dict) and entry.get("required") is False, entry
+    # ... and every interpolated variable has a default
+    for name, default in VAR.findall(COMPOSE.read_text()):
+        assert default, f"${{{name}}} has no default"
+    env = compose_env("api")
+    assert env["PROXY_FIX_HOPS"] == "1"
+    assert "ports" not in api, "the api must be reached through nginx only (X-Forwarded-For is trusted)"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in nginx["volumes"]}
+    assert mounts["/etc/nginx/nginx.conf"] == "./docker/nginx.conf"
+    assert mounts["/etc/nginx/templates"] == "./docker/templates"
+    needed = {m for t in (ROOT / "docker" / "templates").glob("*.template") for m, _ in VAR.findall(t.read_text())}
+    assert needed <= set(compose_env("nginx")), needed - set(compose_env("nginx"))
+    assert compose_env("nginx")["API_UPSTREAM"] == "api:5000"
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed (the YAML is checked by the test above)")
+    # a copy without .env, as a fresh clone is
+    for name in ("docker-compose.yml", "Dockerfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    out = subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["services"]["api"]["environment"]["PROXY_FIX_HOPS"] == "1"
