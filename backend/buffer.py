@@ -505,6 +505,7 @@ class BatchBuffer:
             ins, quar = result.per_request.get(sub.request_id, (None, 0))
             sub.inserted = ins
             sub.quarantined = quar
+            sub.conflicts = result.conflicts.get(sub.request_id, [])
             sub.duplicates = None if ins is None else len(sub.readings) - ins - quar
             sub.finish("committed")
         if self.on_written is not None:

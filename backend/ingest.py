@@ -22,8 +22,14 @@ from .catalogue import FieldCatalogue
 from .config import Config
 from .parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
 from .parsing.base import DEVICE_RE, Message
+from .parsing.server_time import assign_server_times
 from .query import iso
 from .sinks import Submission
+
+# Said in every answer that has server-timed messages, so a client reading its answer learns
+# why its readings' times differ by microseconds (README, "What a 2xx means").
+SERVER_TIME_RULE = ("messages without ts got the time of receipt + 1 µs per earlier message of the same device"
+                    " without ts in this body, in body order (later if this worker already used those µs)")
 
 
 class IngestError(Exception):
@@ -119,31 +125,48 @@ def ingest(
         if denied and not allowed:
             raise IngestError(403, denied)
         result.messages = allowed
+    server_timed = assign_server_times(result.messages, received)
+    sent = {m.position: len(m.readings) for m in result.messages}
     messages, type_errors, typed = catalogue.check(result.messages)
     errors: list[ParseError] = sorted(result.errors + type_errors, key=lambda e: e.position)
+    # Readings of the refused messages: a message the catalogue refused carried all of its own.
+    rejected_readings = sum(e.readings for e in result.errors) + sum(sent.get(e.position, 1) for e in type_errors)
     if "\x00" in body:
         # Kept for debugging, but PostgreSQL text cannot hold NUL: stored as U+FFFD (the
         # values with one were refused by the parser, so no reading is changed by this).
         body = body.replace("\x00", "\ufffd")
         errors = [ParseError(e.position, e.reason, e.raw.replace("\x00", "\ufffd")) for e in errors]
     request_id = uuid.uuid4()
-    readings = [r for m in messages for r in m.readings]
+    readings: list = []
+    positions: list[int] = []
+    flags: list[bool] = []
+    for m in messages:
+        readings += m.readings
+        positions += [m.position] * len(m.readings)
+        if server_timed:
+            flags += [m.server_time] * len(m.readings)
     body_out: dict[str, Any] = {
         "success": bool(readings),
         "batch_id": str(request_id),
         "format": parser.name,
         "messages": len(messages),
-        "accepted": len(readings) if store else 0,
+        "accepted": 0,
         "parsed": len(readings),
+        "duplicates": 0,
+        "conflicts": 0,
+        "conflicting": [],
         "rejected_count": len(errors),
+        "rejected_readings": rejected_readings,
         "rejected": [e.as_dict() for e in errors[:100]],
         "stored": False,
         "timestamp": received.isoformat().replace("+00:00", "Z"),
     }
+    if server_timed:
+        body_out["server_timed"] = server_timed
+        body_out["server_time_rule"] = SERVER_TIME_RULE
     if len(messages) == 1:
         body_out["parsed_data"] = _seed_parsed_data(messages[0], cfg)
     if not store:
-        body_out["accepted"] = 0
         return IngestOutcome(200 if readings else 400, body_out)
     sub = Submission(
         request_id=request_id,
@@ -156,6 +179,8 @@ def ingest(
         data_source=cfg.data_source,
         rejected=errors,
         typed=typed,
+        positions=positions,
+        server_timed=flags,
     )
     try:
         buffer.submit(sub)
@@ -173,16 +198,35 @@ def ingest(
         raise IngestError(503, f"{why}; not stored, retry later", retry_after=buffer.retry_after_hint())
     body_out["stored"] = True
     body_out["durability"] = sub.outcome
-    if sub.duplicates is not None:
-        body_out["duplicates"] = sub.duplicates
-    if sub.quarantined:
-        body_out["quarantined"] = sub.quarantined
+    not_stored = _account(body_out, sub, readings, positions)
     body_out["batch_status"] = {
         "pending_records": buffer.pending_rows,
         "batch_size": buffer.batch_size,
         "batch_full": buffer.pending_rows >= buffer.batch_size,
     }
-    return IngestOutcome(207 if errors else 200, body_out)
+    return IngestOutcome(207 if errors or not_stored else 200, body_out)
+
+
+def _account(body_out: dict[str, Any], sub: Submission, readings: list, positions: list[int]) -> int:
+    """Fill accepted/duplicates/conflicts from the write; returns the readings not stored.
+
+    accepted + duplicates + conflicts + rejected_readings == readings sent. A spooled
+    request's readings are all accepted: duplicates and conflicts among them are sorted
+    out when the spool is replayed (counted in the spool's replay figures).
+    """
+    if sub.outcome != "committed" or sub.inserted is None:
+        body_out["accepted"] = len(readings)
+        return 0
+    type_refused = sub.quarantined - len(sub.conflicts)
+    body_out["accepted"] = sub.inserted
+    body_out["duplicates"] = sub.duplicates or 0
+    body_out["conflicts"] = len(sub.conflicts)
+    body_out["conflicting"] = [{"position": positions[i], "metric": readings[i].metric, "reason": reason}
+                               for i, reason in sub.conflicts[:100]]
+    body_out["rejected_readings"] += type_refused
+    if sub.quarantined:
+        body_out["quarantined"] = sub.quarantined
+    return sub.quarantined
 
 
 def _seed_parsed_data(msg: Message, cfg: Config) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -242,3 +242,166 @@ def test_a_big_request_of_known_metrics_goes_in_by_copy_and_a_resend_is_stored_o
     s = client.get("/telemetry/batch/status").json
     assert s["flushes_by_method"] == {"copy": 1, "insert": 1}
     assert db.execute("SELECT count(*) FROM telemetry_readings WHERE device_id = 'big'").fetchone() == (400,)
+
+
+# ---- distinct readings, duplicates and conflicts (issue 10) ------------------------------
+
+ISSUE_BODY = "roll:5,alt:50\nroll:6,alt:60\n"
+
+
+def series(db, device):
+    return db.execute("SELECT metric, ts, value FROM telemetry_readings WHERE device_id = %s ORDER BY ts, metric",
+                      (device,)).fetchall()
+
+
+def test_lines_without_ts_in_one_body_are_all_stored_in_line_order(client, db):
+    for n, (data, extra) in enumerate([(ISSUE_BODY, {}), (gzip.compress(ISSUE_BODY.encode()),
+                                                          {"Content-Encoding": "gzip"})]):
+        r = client.post("/telemetry/parse", data=data, headers={**RAW, "X-Device-Id": f"nots{n}", **extra})
+        assert r.status_code == 200, r.json
+        got = series(db, f"nots{n}")
+        assert [(m, v) for m, _, v in got] == [("alt", 50.0), ("roll", 5.0), ("alt", 60.0), ("roll", 6.0)]
+        assert got[2][1] - got[0][1] == timedelta(microseconds=1)
+        assert (r.json["accepted"], r.json["duplicates"], r.json["conflicts"]) == (4, 0, 0)
+        assert r.json["server_timed"] == 2 and "1 µs" in r.json["server_time_rule"]
+
+
+def test_two_requests_received_in_the_same_microsecond_stay_distinct(client, db, monkeypatch):
+    import backend.ingest
+
+    instant = datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=UTC)
+
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return instant
+
+    monkeypatch.setattr(backend.ingest, "datetime", FrozenClock)
+    answers = [client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "same-us"}).json
+               for body in ("roll:5", "roll:5", "roll:6")]
+    assert [(a["accepted"], a["duplicates"]) for a in answers] == [(1, 0), (1, 0), (1, 0)]
+    assert series(db, "same-us") == [("roll", instant, 5.0), ("roll", instant + timedelta(microseconds=1), 5.0),
+                                     ("roll", instant + timedelta(microseconds=2), 6.0)]
+
+
+def test_a_resend_of_a_body_with_ts_stores_nothing(client, db):
+    body = "ts:2026-11-23T10:00:00Z,roll:5,alt:50\nts:2026-11-23T10:00:01Z,roll:6,alt:60"
+    first = client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "rs"})
+    again = client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "rs"})
+    assert (first.json["accepted"], first.json["duplicates"]) == (4, 0)
+    assert again.status_code == 200 and "server_timed" not in again.json
+    assert len(series(db, "rs")) == 4
+    assert (again.json["accepted"], again.json["duplicates"]) == (0, 4)  # "accepted": newly stored
+    assert again.json["conflicts"] == 0
+
+
+def test_a_conflicting_resend_is_reported_and_quarantined_and_the_stored_value_kept(client, db):
+    body = "ts:2026-11-23T10:00:00Z,roll:5,alt:50\nts:2026-11-23T10:00:01Z,roll:6,alt:60"
+    client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "cf"})
+    changed = "ts:2026-11-23T10:00:00Z,roll:5,alt:50\nts:2026-11-23T10:00:01Z,roll:6,alt:61.5"
+    r = client.post("/telemetry/parse", data=changed, headers={**RAW, "X-Device-Id": "cf"})
+    assert r.status_code == 207, r.json
+    assert (r.json["accepted"], r.json["duplicates"], r.json["conflicts"]) == (0, 3, 1)
+    (c,) = r.json["conflicting"]
+    assert (c["position"], c["metric"]) == (2, "alt")
+    assert c["reason"] == "conflict: (cf, alt, 2026-11-23T10:00:01.000000Z) already stored with value 60"
+    assert db.execute("SELECT value FROM telemetry_readings WHERE device_id = 'cf' AND metric = 'alt'"
+                      " ORDER BY ts").fetchall() == [(50.0,), (60.0,)]
+    q = db.execute("SELECT position, reason, raw FROM telemetry_quarantine WHERE request_id = %s",
+                   (r.json["batch_id"],)).fetchall()
+    assert q == [(2, c["reason"], "device_id:cf,ts:2026-11-23T10:00:01.000000Z,alt:61.5")]
+    latest = db.execute("SELECT value FROM device_latest WHERE device_id = 'cf' AND metric = 'alt'").fetchone()
+    assert latest == (60.0,)
+
+
+def test_a_conflict_within_one_request_is_reported_and_an_identical_line_is_a_duplicate(client, db):
+    body = ("ts:2026-11-23T10:00:00Z,mode:AUTO,alt:1\nts:2026-11-23T10:00:00Z,alt:2\n"
+            "ts:2026-11-23T10:00:00Z,mode:AUTO,alt:1\nts:2026-11-23T10:00:00Z,alt:-0.0\nts:1763892000,alt:0")
+    r = client.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "one"})
+    assert r.status_code == 207, r.json
+    assert (r.json["accepted"], r.json["duplicates"], r.json["conflicts"]) == (3, 2, 2)
+    assert [(c["position"], c["metric"]) for c in r.json["conflicting"]] == [(2, "alt"), (4, "alt")]
+    assert "already stored with value 1" in r.json["conflicting"][0]["reason"]
+    assert db.execute("SELECT metric, value, value_text FROM telemetry_readings WHERE device_id = 'one'"
+                      " ORDER BY ts, metric").fetchall() == [("alt", 0.0, None), ("alt", 1.0, None),
+                                                            ("mode", None, "AUTO")]
+    again = client.post("/telemetry/parse", data="ts:1763892000,alt:-0.0", headers={**RAW, "X-Device-Id": "one"})
+    assert (again.json["duplicates"], again.json["conflicts"]) == (1, 0)  # -0.0 is the same value as 0
+
+
+def test_the_same_request_in_json_reports_conflicts_with_array_positions(client, db):
+    doc = [{"device_id": "j", "ts": 1763892000, "v": 1}, {"device_id": "j", "ts": 1763892000, "v": 1},
+           {"device_id": "j", "ts": 1763892000, "v": 2}]
+    r = client.post("/telemetry/parse", data=orjson.dumps(doc), headers=JSON)
+    assert (r.status_code, r.json["accepted"], r.json["duplicates"], r.json["conflicts"]) == (207, 1, 1, 1)
+    assert r.json["conflicting"][0]["position"] == 2
+
+
+# Hypothesis over random bodies, raw and JSON, with and without ts, sent once, re-sent and
+# re-sent with changed values. Few times and values, so keys collide often. Every reading
+# sent is counted exactly once: accepted (newly stored) + duplicates (the same value is
+# stored) + conflicts (another value is stored) + rejected_readings (refused messages'
+# readings) == readings sent; and the rows stored are exactly the readings accepted.
+_TIMES = [None, None, "2026-11-23T10:00:00Z", "2026-11-23T10:00:01Z"]
+# Mostly valid values; "nan" is refused by the parser, "high" for a number metric and "5"
+# for a text one by the catalogue.
+_VALUES = {"hx": ["0", "-0.0", "1", "2.5"] * 4 + ["nan", "high"], "hy": ["1", "2.5"] * 8 + ["nan"],
+           "hmode": ["AUTO", "MANUAL"] * 8 + ["5"]}
+_DEVICE_SEQ = iter(range(10**9))
+
+
+def _body(fmt: str, device: str, messages: list[tuple[str | None, dict[str, str]]]) -> tuple[bytes, dict]:
+    if fmt == "raw":
+        lines = [",".join(([f"ts:{ts}"] if ts else []) + [f"{k}:{v}" for k, v in fields.items()])
+                 for ts, fields in messages]
+        return "\n".join(lines).encode(), {**RAW, "X-Device-Id": device}
+    docs = [{"device_id": device, **({"ts": ts} if ts else {}),
+             **{k: (v if k == "hmode" or v == "high" else float(v)) for k, v in fields.items()}}
+            for ts, fields in messages]
+    return orjson.dumps(docs), JSON  # float("nan") -> null in JSON: refused as "null is not a value"
+
+
+def test_every_reading_sent_is_accounted_for_exactly_once(client, db):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client.post("/telemetry/parse", data="hx:1,hy:1,hmode:AUTO", headers={**RAW, "X-Device-Id": "types"})
+    message = st.tuples(st.sampled_from(_TIMES),
+                        st.lists(st.sampled_from(list(_VALUES)), min_size=1, max_size=3, unique=True).flatmap(
+                            lambda names: st.fixed_dictionaries({n: st.sampled_from(_VALUES[n]) for n in names})))
+    plan = st.tuples(st.sampled_from(["raw", "json"]), st.lists(message, min_size=1, max_size=6),
+                     st.lists(st.sampled_from(["same", "changed"]), max_size=2), st.randoms())
+
+    seen = {"duplicates": 0, "conflicts": 0, "rejected_readings": 0, "server_timed": 0}
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(plan)
+    def check(p):
+        fmt, messages, resends, rnd = p
+        device = f"hyp{next(_DEVICE_SEQ)}"
+        bodies = [messages] + [messages if kind == "same" else
+                               [(ts, {k: rnd.choice(_VALUES[k]) for k in fields}) for ts, fields in messages]
+                               for kind in resends]
+        accepted = conflicts = 0
+        for sent in bodies:
+            data, headers = _body(fmt, device, sent)
+            r = client.post("/telemetry/parse", data=data, headers=headers)
+            assert r.status_code in (200, 207, 400), r.json
+            a = r.json
+            assert a["accepted"] + a["duplicates"] + a["conflicts"] + a["rejected_readings"] == \
+                sum(len(fields) for _, fields in sent), a
+            assert a["conflicts"] == len(a["conflicting"])
+            accepted += a["accepted"]
+            conflicts += a["conflicts"]
+            for key in seen:
+                seen[key] += a.get(key, 0)
+            untimed_ok = [f for ts, f in sent if ts is None and not {"nan", "high", "5"} & set(f.values())]
+            assert a["duplicates"] + a["conflicts"] <= sum(len(f) for _, f in sent) - sum(len(f) for f in untimed_ok)
+        stored = db.execute("SELECT count(*) FROM telemetry_readings WHERE device_id = %s", (device,)).fetchone()[0]
+        assert stored == accepted
+        quarantined = db.execute("SELECT count(*) FROM telemetry_quarantine WHERE device_id = %s"
+                                 " AND reason LIKE 'conflict:%%'", (device,)).fetchone()[0]
+        assert quarantined == conflicts
+
+    check()
+    assert all(seen.values()), seen  # the examples did meet every case

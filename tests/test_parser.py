@@ -184,3 +184,67 @@ def test_json_parser_never_raises(doc):
 def test_time_window_is_relative_to_the_request_clock():
     ctx = ParseContext(received_at=NOW - timedelta(days=10), default_device_id="d")
     assert raw.parse("ts:2026-11-23T00:00:00Z,a:1", ctx).errors
+
+
+# ---- times the server assigns (issue 10) -------------------------------------------------
+
+US = timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("body, parser", [
+    ("roll:5,alt:50\nroll:6,alt:60\n", raw),
+    ('[{"roll": 5, "alt": 50}, {"roll": 6, "alt": 60}]', jsonp),
+])
+def test_messages_without_ts_get_distinct_times_in_body_order(body, parser):
+    result = parser.parse(body, CTX)
+    assert [[(r.metric, r.value, r.ts) for r in m.readings] for m in result.messages] == [
+        [("roll", 5.0, NOW), ("alt", 50.0, NOW)], [("roll", 6.0, NOW + US), ("alt", 60.0, NOW + US)]]
+    assert [m.server_time for m in result.messages] == [True, True]
+
+
+def test_server_times_count_per_device_and_skip_messages_with_their_own_time():
+    body = "a:1\ndevice_id:other,a:2\nts:2026-11-23T11:00:00Z,a:3\na:4\ndevice_id:other,a:5"
+    result = raw.parse(body, CTX)
+    got = [(r.device_id, r.ts, m.server_time) for m in result.messages for r in m.readings]
+    assert got == [("dev1", NOW, True), ("other", NOW, True), ("dev1", datetime(2026, 11, 23, 11, tzinfo=UTC), False),
+                   ("dev1", NOW + US, True), ("other", NOW + US, True)]
+
+
+def test_the_clock_never_gives_a_device_the_same_microsecond_twice():
+    from backend.parsing.server_time import ServerClock, assign_server_times
+
+    clock = ServerClock()
+    first = raw.parse("roll:5\nroll:6", CTX)
+    second = raw.parse("roll:7", CTX)  # same time of receipt, to the microsecond
+    other = raw.parse("device_id:d9,roll:8", CTX)
+    assert assign_server_times(first.messages, NOW, clock) == 2
+    assert assign_server_times(second.messages, NOW, clock) == 1
+    assert assign_server_times(other.messages, NOW, clock) == 1
+    assert [r.ts for r in first.readings + second.readings] == [NOW, NOW + US, NOW + 2 * US]
+    assert other.readings[0].ts == NOW  # another device is not pushed along
+    later = raw.parse("roll:9", ParseContext(received_at=NOW + timedelta(seconds=1), default_device_id="dev1"))
+    assign_server_times(later.messages, NOW + timedelta(seconds=1), clock)
+    assert later.readings[0].ts == NOW + timedelta(seconds=1)  # no drift once the clock has passed
+
+
+def test_the_clock_stays_small_with_many_devices():
+    from backend.parsing.server_time import ServerClock
+
+    clock = ServerClock(max_devices=10)
+    for n in range(50):
+        clock.reserve(f"d{n}", 1, 1_000 + n)
+    assert len(clock._last) <= 11
+
+
+@pytest.mark.parametrize("body, parser, readings", [
+    ("alt:nan,pitch:1", raw, 2),
+    ("this is not telemetry", raw, 1),
+    ("ts:2026-11-23T11:00:00Z", raw, 0),
+    ("ts:1999-01-01T00:00:00Z,device_id:x,a:1,b:2,c:3", raw, 3),
+    ('[{"alt": "nan", "gps": {"lat": 1, "lon": 2}, "ts": 1}]', jsonp, 3),
+    ("[17]", jsonp, 1),
+    ("{nope", jsonp, 0),
+])
+def test_a_refused_message_says_how_many_readings_it_carried(body, parser, readings):
+    result = parser.parse(body, CTX)
+    assert result.messages == [] and [e.readings for e in result.errors] == [readings]

@@ -168,3 +168,105 @@ def test_unconfirmed_batch_is_type_checked_in_the_database(database_url, db):
                           ).fetchone()[0] == 1.0
     finally:
         pool.close()
+
+
+def server_timed(device: str, start: datetime, values: list[float]) -> Submission:
+    """A request whose messages had no time: consecutive microseconds from `start`."""
+    readings = [Reading(device, "alt", start + timedelta(microseconds=i), v) for i, v in enumerate(values)]
+    return Submission(request_id=uuid.uuid4(), readings=readings, received_at=datetime.now(UTC), typed=True,
+                      positions=list(range(1, len(values) + 1)), server_timed=[True] * len(values))
+
+
+def stored(db, device: str) -> list[tuple]:
+    return db.execute("SELECT ts, value, request_id FROM telemetry_readings WHERE device_id = %s ORDER BY ts",
+                      (device,)).fetchall()
+
+
+def test_server_timed_readings_of_two_workers_on_the_same_microseconds_are_both_kept(database_url, db):
+    # Two workers hand out microseconds independently; the same values at the same
+    # server-assigned times are still two observations each, never re-sends.
+    pool = make_pool(database_url, 1, 2)
+    sink = PostgresSink(pool)
+    try:
+        t0 = datetime(2026, 11, 22, 8, tzinfo=UTC)
+        a, b = server_timed("two", t0, [5.0, 6.0]), server_timed("two", t0, [5.0, 6.0])
+        assert sink.write([a]).per_request[a.request_id] == (2, 0)
+        rb = sink.write([b])
+        assert (rb.per_request[b.request_id], rb.duplicates, rb.conflicts) == ((2, 0), 0, {})
+        us = timedelta(microseconds=1)
+        assert [(ts, v, rid) for ts, v, rid in stored(db, "two")] == [
+            (t0, 5.0, a.request_id), (t0 + us, 6.0, a.request_id),
+            (t0 + 2 * us, 5.0, b.request_id), (t0 + 3 * us, 6.0, b.request_id)]
+        # A retry of b's write (its commit was not confirmed) finds b's moved rows: duplicates.
+        again = sink.write([b])
+        assert (again.inserted, again.duplicates) == (0, 2) and len(stored(db, "two")) == 4
+        # Both requests in one flush again (a third worker's view): both kept, once each.
+        c = server_timed("two", t0, [5.0, 6.0])
+        rc = sink.write([c, b])
+        assert (rc.per_request[c.request_id], rc.per_request[b.request_id]) == ((2, 0), (0, 0))
+        assert len(stored(db, "two")) == 6
+    finally:
+        pool.close()
+
+
+def test_a_device_time_wins_its_key_over_a_server_assigned_one_in_the_same_batch(database_url, db):
+    pool = make_pool(database_url, 1, 2)
+    sink = PostgresSink(pool)
+    try:
+        t0 = datetime(2026, 11, 22, 9, tzinfo=UTC)
+        untimed = server_timed("mix", t0, [1.0])
+        timed = Submission(request_id=uuid.uuid4(), readings=[Reading("mix", "alt", t0, 2.0)],
+                           received_at=datetime.now(UTC), typed=True, positions=[1], server_timed=[False])
+        result = sink.write([untimed, timed])
+        assert (result.inserted, result.duplicates, result.conflicts) == (2, 0, {})
+        assert [(ts, v) for ts, v, _ in stored(db, "mix")] == [(t0, 2.0), (t0 + timedelta(microseconds=1), 1.0)]
+    finally:
+        pool.close()
+
+
+def test_a_different_value_for_a_stored_key_is_a_conflict_also_on_the_copy_path(database_url, db):
+    from backend.sinks.postgres import COPY_MIN_READINGS
+
+    pool = make_pool(database_url, 1, 2)
+    sink = PostgresSink(pool)
+    try:
+        t0 = datetime(2026, 11, 19, tzinfo=UTC)
+        n = COPY_MIN_READINGS + 4
+        first = submission("cc", n, t0)
+        first.typed = True
+        assert sink.write([first]).method == "copy"
+        again = submission("cc", n, t0)  # the same keys; three values changed, -0.0 for 0.0 is the same
+        again.readings[0] = again.readings[0]._replace(value=-0.0)
+        for i in (3, 7, n - 1):
+            again.readings[i] = again.readings[i]._replace(value=1000.0 + i)
+        again.typed = True
+        result = sink.write([again])
+        assert (result.method, result.inserted, result.duplicates) == ("insert", 0, n - 3)
+        assert [i for i, _ in result.conflicts[again.request_id]] == [3, 7, n - 1]
+        assert result.per_request[again.request_id] == (0, 3)  # conflicts are quarantined
+        assert db.execute("SELECT value FROM telemetry_readings WHERE device_id = 'cc' AND ts = %s",
+                          (t0 + timedelta(seconds=3),)).fetchone() == (3.0,)
+        reasons = [r[0] for r in db.execute("SELECT reason FROM telemetry_quarantine WHERE request_id = %s"
+                                            " ORDER BY id", (again.request_id,))]
+        assert reasons[0] == "conflict: (cc, alt, 2026-11-19T00:00:03.000000Z) already stored with value 3"
+        assert len(reasons) == 3
+    finally:
+        pool.close()
+
+
+def test_conflicts_are_found_in_batches_the_database_type_checks(database_url, db):
+    pool = make_pool(database_url, 1, 2)
+    sink = PostgresSink(pool)
+    try:
+        t0 = datetime(2026, 11, 18, tzinfo=UTC)
+        sink.write([Submission(request_id=uuid.uuid4(), readings=[Reading("tc", "alt", t0, 1.0)],
+                               received_at=datetime.now(UTC))])
+        sub = Submission(request_id=uuid.uuid4(), received_at=datetime.now(UTC),
+                         readings=[Reading("tc", "alt", t0, 2.0), Reading("tc", "alt", t0, 1.0),
+                                   Reading("tc", "alt", t0 + timedelta(seconds=1), None, "high")])
+        result = sink.write([sub])  # not typed: replayed from the spool, say
+        assert (result.inserted, result.quarantined, result.duplicates) == (0, 2, 1)
+        assert [i for i, _ in result.conflicts[sub.request_id]] == [0]
+        assert db.execute("SELECT value FROM device_latest WHERE device_id = 'tc'").fetchone() == (1.0,)
+    finally:
+        pool.close()

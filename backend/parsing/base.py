@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
+_ONE_US = timedelta(microseconds=1)
+
 PARSER_VERSION = "2.0"
 MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 1024
@@ -57,6 +59,9 @@ class ParseError:
     position: int  # 1-based line number, or 0-based array index for JSON arrays
     reason: str
     raw: str = ""
+    # How many readings the refused message carried (its value fields), so an answer can
+    # account for every reading sent; 0 for a body-level error that refused no message.
+    readings: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {"position": self.position, "reason": self.reason, "raw": self.raw[:200]}
@@ -67,14 +72,18 @@ class Message:
 
     `raw` may be given as a function: the JSON parser re-serialises an object only when
     the text is needed (an error, a single-message answer), not for every object.
+    `server_time` is True when the message had no time of its own, so its readings carry
+    one the server assigned (see build_message and parsing/server_time.py).
     """
 
-    __slots__ = ("position", "readings", "_raw")
+    __slots__ = ("position", "readings", "_raw", "server_time")
 
-    def __init__(self, position: int, raw: str | Callable[[], str], readings: list[Reading]) -> None:
+    def __init__(self, position: int, raw: str | Callable[[], str], readings: list[Reading],
+                 server_time: bool = False) -> None:
         self.position = position
         self.readings = readings
         self._raw = raw
+        self.server_time = server_time
 
     @property
     def raw(self) -> str:
@@ -273,14 +282,20 @@ def build_message(
     fields: Iterable[tuple[str, Any]],
     ctx: ParseContext,
     coerce: Callable[[str, Any], tuple[float | None, str | None]],
+    untimed: dict[str, int] | None = None,
 ) -> Message:
     """Turn (name, value) pairs of one message into readings, or raise InvalidValue.
 
     A message is all-or-nothing: a gateway's line is one observation, so a half-stored
     line would be harder to reason about than a rejected one with its reason.
+
+    A message without a time of its own gets the time of receipt plus k microseconds,
+    k counting that device's earlier messages without a time in the same body (`untimed`,
+    one dict per parse): two lines of one body are two observations, and giving them the
+    same time made the second look like a re-send of the first and be dropped.
     """
     device_id = ctx.default_device_id
-    ts = ctx.received_at
+    ts: datetime | None = None
     values: list[tuple[str, float | None, str | None]] = []
     seen: set[str] = set()
     for name, value in fields:
@@ -300,5 +315,18 @@ def build_message(
     device = check_device_id(device_id)
     if not values:
         raise InvalidValue("no readings in message")
+    server_time = ts is None
+    if ts is None:
+        ts = ctx.received_at
+        if untimed is not None:
+            k = untimed.get(device, 0)
+            untimed[device] = k + 1
+            if k:
+                ts = ts + k * _ONE_US
     make = Reading._make
-    return Message(position, raw, [make((device, n, ts, v, t)) for n, v, t in values])
+    return Message(position, raw, [make((device, n, ts, v, t)) for n, v, t in values], server_time)
+
+
+def count_fields(names: Iterable[Any]) -> int:
+    """How many readings a refused message carried: its fields other than device and time."""
+    return sum(1 for name in names if (name.strip() if isinstance(name, str) else name) not in _SPECIAL_KEYS)

@@ -20,6 +20,7 @@ from .base import (
     ParseResult,
     build_message,
     coerce_json_value,
+    count_fields,
     register,
 )
 
@@ -35,25 +36,41 @@ class JsonParser:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            result.errors.append(ParseError(0, f"body is not valid JSON: {exc}"))
+            result.errors.append(ParseError(0, f"body is not valid JSON: {exc}", readings=0))
             return result
         items = doc if isinstance(doc, list) else [doc]
         if not items:
-            result.errors.append(ParseError(0, "empty array: no messages"))
+            result.errors.append(ParseError(0, "empty array: no messages", readings=0))
             return result
         if isinstance(doc, list) and len(doc) > ctx.max_messages:
-            result.errors.append(ParseError(0, f"more than {ctx.max_messages} messages in one body"))
+            result.errors.append(ParseError(0, f"more than {ctx.max_messages} messages in one body",
+                                            readings=sum(_count(i) for i in items)))
             return result
+        untimed: dict[str, int] = {}
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 result.errors.append(ParseError(index, f"expected an object, got {type(item).__name__}"))
                 continue
             try:
                 fields = list(_fields(item))
-                result.messages.append(build_message(index, partial(_raw, item), fields, ctx, coerce_json_value))
+                result.messages.append(build_message(index, partial(_raw, item), fields, ctx, coerce_json_value,
+                                                     untimed))
             except InvalidValue as exc:
-                result.errors.append(ParseError(index, str(exc), _raw(item)))
+                result.errors.append(ParseError(index, str(exc), _raw(item), _count(item)))
         return result
+
+
+def _count(item: Any) -> int:
+    """The readings a refused item carried: one per leaf field, nested objects flattened."""
+    if not isinstance(item, dict):
+        return 1
+    names: list[Any] = []
+    for key, value in item.items():
+        if isinstance(value, dict):
+            names += [f"{key}_{k}" for k in value] or [key]
+        else:
+            names.append(key)
+    return count_fields(names)
 
 
 def _raw(item: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from .base import (
     Reading,
     build_message,
     coerce_text_value,
+    count_fields,
     register,
 )
 
@@ -20,18 +21,22 @@ class RawParser:
 
     def parse(self, body: str, ctx: ParseContext) -> ParseResult:
         result = ParseResult()
-        for lineno, line in enumerate(body.splitlines(), start=1):
+        untimed: dict[str, int] = {}
+        lines = body.splitlines()
+        for lineno, line in enumerate(lines, start=1):
             stripped = line.strip()
             if not stripped or stripped.startswith("#"):
                 continue
             if len(result.messages) + len(result.errors) >= ctx.max_messages:
-                result.errors.append(ParseError(lineno, f"more than {ctx.max_messages} messages in one body"))
+                rest = (ln.strip() for ln in lines[lineno - 1:])
+                result.errors.append(ParseError(lineno, f"more than {ctx.max_messages} messages in one body", "",
+                                                sum(_count(ln) for ln in rest if ln and not ln.startswith("#"))))
                 break
             try:
                 pairs = list(_pairs(stripped))
-                result.messages.append(build_message(lineno, stripped, pairs, ctx, coerce_text_value))
+                result.messages.append(build_message(lineno, stripped, pairs, ctx, coerce_text_value, untimed))
             except InvalidValue as exc:
-                result.errors.append(ParseError(lineno, str(exc), stripped))
+                result.errors.append(ParseError(lineno, str(exc), stripped, _count(stripped)))
         return result
 
 
@@ -43,6 +48,11 @@ def _pairs(line: str):
         if not sep:
             raise InvalidValue(f"{chunk.strip()[:40]!r} is not key:value")
         yield name.strip(), value.strip()
+
+
+def _count(line: str) -> int:
+    # A chunk that is not key:value still counts: it is something the client sent.
+    return count_fields(c.partition(":")[0] for c in line.split(",") if c.strip())
 
 
 def format_raw(readings: list[Reading], include_device: bool = True) -> str:

@@ -36,12 +36,21 @@ class Submission:
     # True when the worker's field catalogue confirmed every reading's type, so the sink
     # can skip its own type check (spooled and replayed submissions are never "typed").
     typed: bool = False
+    # Parallel to `readings` (empty when unknown, e.g. replayed from the spool): the message
+    # position each reading came from, and whether the server assigned its time. A
+    # server-timed reading is never a re-send of another request's reading: when its time
+    # is taken, the sink moves it to the next free microsecond instead of dropping it.
+    positions: list[int] = field(default_factory=list)
+    server_timed: list[bool] = field(default_factory=list)
     # Filled in when the write ends; `done` releases the waiting request.
     done: threading.Event = field(default_factory=threading.Event)
     outcome: str = "pending"  # committed | spooled | failed
     inserted: int | None = None
     duplicates: int | None = None
     quarantined: int = 0
+    # Readings refused because another value is stored for their (device, metric, ts):
+    # (index into `readings`, reason). They are also counted in `quarantined`.
+    conflicts: list[tuple[int, str]] = field(default_factory=list)
     error: str | None = None
 
     def finish(self, outcome: str, error: str | None = None) -> None:
@@ -55,8 +64,11 @@ class WriteResult:
     staged: int = 0
     inserted: int = 0
     quarantined: int = 0
-    # per request_id: (inserted, quarantined); only sinks that can tell fill this in
+    # per request_id: (inserted, quarantined); only sinks that can tell fill this in.
+    # Quarantined counts conflicts too: both went to quarantine, and neither is a duplicate.
     per_request: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+    # per request_id: [(index into the submission's readings, reason)] of its conflicts
+    conflicts: dict[uuid.UUID, list[tuple[int, str]]] = field(default_factory=dict)
     # how the sink wrote it (the PostgreSQL sink: "copy" or "insert"); shown in the batch status
     method: str = ""
 

@@ -1,7 +1,9 @@
 """PostgreSQL sink: one idempotent telemetry_write() call per flush.
 
 Readings go in with ON CONFLICT (device_id, metric, ts) DO NOTHING, so a batch written twice
-(a retry after a lost connection, a spool replay) stores each reading once. Works through
+(a retry after a lost connection, a spool replay) stores each reading once. A reading that
+meets a stored one with another value is a conflict (quarantined, reported), and one whose
+time the server assigned moves to the next free microsecond (migrations/0013). Works through
 Supabase's transaction-mode pooler: a flush is a single statement in autocommit and no
 prepared statement outlives it (prepare_threshold=None on the pool's connections).
 """
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 # The whole flush is one call of telemetry_write() (migrations/0011_write_function.sql): one
 # statement in autocommit, so one round trip and one transaction, with plans PL/pgSQL keeps
 # for the session. The batch travels as one JSON document that orjson writes in C.
-_WRITE = "SELECT req, n_inserted, n_quarantined FROM telemetry_write(%s::jsonb, %s)"
+_WRITE = "SELECT req, n_inserted, n_quarantined, conflicts FROM telemetry_write(%s::jsonb, %s)"
 # Big batches whose metric types the worker confirmed: COPY straight into the table. COPY
 # inserts rows in bulk; INSERT ... ON CONFLICT inserts them one at a time with a
 # speculative insertion each. Measured per reading: 10.4 vs 16-17 us of PostgreSQL CPU, and
@@ -88,33 +90,50 @@ class PostgresSink:
         check_types = any(not s.typed for s in batch if s.readings)
         rows = conn.execute(_WRITE, (self._document(batch, readings=True, latest=not check_types),
                                      check_types)).fetchall()
-        per = {rid: (int(i), int(q)) for rid, i, q in rows}
+        # Several rows per request may come back (inserted, moved, conflicts): summed here.
+        per: dict = {}
+        ordinals: list[tuple[object, int, str]] = []
+        for rid, i, q, conflicts in rows:
+            ins, quar = per.get(rid, (0, 0))
+            per[rid] = (ins + int(i), quar + int(q))
+            ordinals += [(rid, int(n), reason) for n, reason in conflicts or ()]
         return WriteResult(
             staged=staged,
             inserted=sum(i for i, _ in per.values()),
             quarantined=sum(q for _, q in per.values()),
             per_request={s.request_id: per.get(s.request_id, (0, 0)) for s in batch},
+            conflicts=_conflicts_by_request(batch, ordinals) if ordinals else {},
             method="insert",
         )
 
     def _document(self, batch: list[Submission], readings: bool, latest: bool) -> str:
-        """telemetry_write()'s batch document (its layout is described in the migration)."""
+        """telemetry_write()'s batch document (its layout is described in the migrations)."""
         r: list[tuple] = []
+        late: list[tuple] = []  # server-timed readings, after all others (see _document_order)
         w: list[tuple] = []
         q: list[tuple] = []
         d: list[tuple] = []
         for sub in batch:
             received, rid = sub.received_at, sub.request_id
             if readings:
-                r += [(x.device_id, x.metric, x.ts, x.value, x.value_text, received, rid) for x in sub.readings]
+                pos = sub.positions if len(sub.positions) == len(sub.readings) else [None] * len(sub.readings)
+                if not any(sub.server_timed):
+                    r += [(x.device_id, x.metric, x.ts, x.value, x.value_text, received, rid, p, False)
+                          for x, p in zip(sub.readings, pos, strict=True)]
+                else:
+                    for x, p, st in zip(sub.readings, pos, sub.server_timed, strict=True):
+                        (late if st else r).append((x.device_id, x.metric, x.ts, x.value, x.value_text,
+                                                    received, rid, p, st))
             if self.store_raw and sub.raw_payload is not None:
                 w.append((rid, received, sub.device_id, sub.parser_version, sub.data_source, sub.content_type,
                           sub.raw_payload))
             q += [(received, rid, sub.device_id, e.position, e.reason, e.raw) for e in sub.rejected]
             d += [(device_id, received) for device_id in {x.device_id for x in sub.readings}]
+        if late:
+            r += late
         doc = {"r": r, "w": w, "q": q, "d": d}
         if latest:
-            doc["l"] = _latest(batch)
+            doc["l"] = _latest_of_rows(r) if readings else _latest(batch)
         return orjson.dumps(doc).decode()
 
     @staticmethod
@@ -134,6 +153,44 @@ class PostgresSink:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _document_order(batch: list[Submission]) -> list[tuple[Submission, int]]:
+    """(submission, reading index) for each reading, in the order _document() lists them.
+
+    Readings with a device time first, server-timed ones after: the first reading of a key
+    in the document wins it, and a device's own time must win over one the server made up.
+    """
+    first: list[tuple[Submission, int]] = []
+    late: list[tuple[Submission, int]] = []
+    for sub in batch:
+        flags = sub.server_timed if any(sub.server_timed) else None
+        for i in range(len(sub.readings)):
+            (late if flags and flags[i] else first).append((sub, i))
+    return first + late
+
+
+def _conflicts_by_request(batch: list[Submission], ordinals: list[tuple[object, int, str]]
+                          ) -> dict[object, list[tuple[int, str]]]:
+    order = _document_order(batch)
+    out: dict[object, list[tuple[int, str]]] = {}
+    for rid, n, reason in ordinals:
+        sub, index = order[n - 1]
+        out.setdefault(rid, []).append((index, reason))
+    return out
+
+
+def _latest_of_rows(rows: list[tuple]) -> list[tuple]:
+    """device_latest rows from document rows; on a tie the row that won the key (first) wins."""
+    best: dict[tuple[str, str], tuple] = {}
+    # Newest first: readings mostly arrive in time order, so each key is set once; ">="
+    # while walking backwards leaves the earliest of equal times, the one that was stored.
+    for row in reversed(rows):
+        key = (row[0], row[1])
+        cur = best.get(key)
+        if cur is None or row[2] >= cur[2]:
+            best[key] = row
+    return [row[:6] for row in best.values()]
 
 
 def _latest(batch: list[Submission]) -> list[tuple]:
