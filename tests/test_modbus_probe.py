@@ -126,3 +126,7 @@ def test_run_stdout_once_needs_no_api_key_even_with_an_api_section(tmp_path: Pat
                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                            timeout=30)
     assert check.returncode == 2 and "api.api_key: no API key" in check.stderr
+    plan = subprocess.run([sys.executable, "-m", "backend.modbus", "check", "--config", str(config)],
+                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=30)
+    assert plan.returncode == 0 and "no API key yet: only run --stdout will work" in plan.stdout
