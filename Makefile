@@ -2,36 +2,45 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Two stamps: `make run` installs what running needs (requirements.txt), the test, lint
+# and bench targets add the dev tools and the Modbus edge program's packages on top.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test test-fast lint bench bench-quick migrate clean
 
-$(STAMP): requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $(STAMP)
 
-run: $(STAMP)  ## the service under gunicorn (embedded PostgreSQL unless DATABASE_URL is set)
+$(RUN_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt backend/modbus/requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(RUN_STAMP)  ## the service under gunicorn (embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m backend serve
 
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(PY) -m backend migrate
 
-test: $(STAMP)  ## the whole suite, slow scenarios included
+test: $(DEV_STAMP)  ## the whole suite, slow scenarios included
 	$(PY) -m ruff check backend tests bench
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check backend tests bench
 
-bench: $(STAMP)  ## full benchmark run; writes docs/benchmarks.md
+bench: $(DEV_STAMP)  ## full benchmark run; writes docs/benchmarks.md
 	$(PY) -m bench.run
 
-bench-quick: $(STAMP)  ## seconds-long run proving the benchmark still works
+bench-quick: $(DEV_STAMP)  ## seconds-long run proving the benchmark still works
 	$(PY) -m bench.run --quick
 
 clean:

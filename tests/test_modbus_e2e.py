@@ -230,3 +230,59 @@ retries = 1
         assert got["totalizer"] == shortest_float32(total), order
         assert got["temperature"] == shortest_float32(temp), order
         assert got["status"] == status and got["modbus_ok"] == 1.0, order
+
+
+def _doc_try_it_blocks() -> list[str]:
+    """The sh blocks of docs/modbus.md "Try it without hardware", in order."""
+    text = (ROOT / "docs" / "modbus.md").read_text()
+    section = text.split("\n## Try it without hardware\n", 1)[1].split("\n## ", 1)[0]
+    return [part.split("```", 1)[0] for part in section.split("```sh\n")[1:]]
+
+
+def _heredocs(block: str) -> list[str]:
+    """The bodies of the `cat >(>) /tmp/try.toml <<'EOF'` here-documents of a block."""
+    return [part.split("\nEOF\n", 1)[0] for part in block.split("/tmp/try.toml <<'EOF'\n")[1:]]
+
+
+def _modbus_runs(block: str) -> list[list[str]]:
+    return [line.split("#", 1)[0].split()[3:] for line in block.splitlines()
+            if line.startswith("python -m backend.modbus run ")]
+
+
+def test_docs_try_it_without_hardware_reaches_a_local_service(live_server, tmp_path: Path):
+    """The doc's own config and commands: printed with --stdout (no key needed, even with
+    the [api] block there), then sent to a running service and found in PostgreSQL."""
+    blocks = _doc_try_it_blocks()
+    assert len(blocks) >= 2, "the doc shows no step that sends to a local service"
+    base, = _heredocs(blocks[0])
+    api_part, = _heredocs(blocks[1])
+    assert "[api]" in api_part
+    modbus_port = free_port()
+    toml = (base + "\n" + api_part).replace("port = 5020", f"port = {modbus_port}")
+    toml = toml.replace("http://127.0.0.1:5000", live_server.url)
+    toml = toml.replace("/tmp/try-queue.sqlite3", str(tmp_path / "try-queue.sqlite3"))
+    config = tmp_path / "try.toml"
+    config.write_text(toml)
+    (stdout_run,), (send_run,) = _modbus_runs(blocks[0]), _modbus_runs(blocks[1])
+    assert "--stdout" in stdout_run and "--stdout" not in send_run
+
+    def run(argv: list[str], key: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "FLUXIO_API_KEY"}
+        env["PYTHONPATH"] = str(ROOT)
+        if key is not None:
+            env["FLUXIO_API_KEY"] = key
+        argv = [str(config) if a == "/tmp/try.toml" else a for a in argv]
+        return subprocess.run([sys.executable, "-m", "backend.modbus", *argv], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    sim = SimulatedDevice(1)
+    sim.set_nivus(7.25, 1000.5, 11.0, 0, order=WordOrder.CDAB)  # the doc's simulator is CDAB
+    with SimServer([sim], port=modbus_port):
+        printed = run(stdout_run, key=None)
+        assert printed.returncode == 0, printed.stderr
+        assert [json.loads(line)["flow_rate"] for line in printed.stdout.splitlines()] == [7.25]
+        sent = run(send_run, key=live_server.api_key)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    rows = live_server.query(
+        "SELECT value FROM telemetry_readings WHERE device_id = 'nivus-sim' AND metric = 'flow_rate'")
+    assert rows == [(7.25,)]

@@ -7,8 +7,10 @@ The API is a stdlib http.server on a loopback port; "down" means the socket is c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -320,3 +322,50 @@ poll_period = 0.05
     assert len(sent) == len(set(sent)), "a record was sent twice"
     assert sent[: len(taken_while_down)] == [(r["device_id"], r["ts"]) for r in taken_while_down]
     assert sent == sorted(sent, key=lambda k: k[1]), "records out of order"
+
+
+class SilentApi:
+    """Accepts connections and never answers: the request times out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "cause"),
+    [
+        ("refused", "connection refused"),
+        ("silent", "timed out"),
+        ("unresolvable", "cannot resolve host 'fluxio-api.invalid'"),
+    ],
+)
+def test_outage_warning_says_its_cause_in_full(tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str,
+                                               cause: str):
+    silent = SilentApi() if where == "silent" else None
+    url = {
+        "refused": RecordingApi().url,  # nothing listens there
+        "silent": silent.url if silent else "",
+        "unresolvable": "http://fluxio-api.invalid:5000",  # .invalid never resolves (RFC 6761)
+    }[where]
+    queue = DiskQueue(tmp_path / "q.sqlite3")
+    fwd = Forwarder(queue, url + "/api/ingest", "k", timeout=0.3)
+    fwd.submit(records(0, 2))
+    try:
+        with caplog.at_level(logging.WARNING, logger="backend.modbus.forwarder"):
+            outcome = fwd.send_once()
+    finally:
+        if silent:
+            silent.close()
+        queue.close()
+    assert outcome.kind == "retry"
+    warnings = [r.getMessage() for r in caplog.records if "ingest API unavailable" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert f"ingest API unavailable ({cause}" in warnings[0]
+    assert f" at {url}/api/ingest); 2 record(s) queued" in warnings[0]
+    assert "Caused by" not in warnings[0] and "HTTPConnectionPool" not in warnings[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -99,3 +100,33 @@ def test_check_prints_the_plan_and_rejects_bad_configs(tmp_path: Path):
     )
     result = cli("check", "--config", str(bad))
     assert result.returncode == 2 and "devices[0].order" in result.stderr
+
+
+def test_run_stdout_once_needs_no_api_key_even_with_an_api_section(tmp_path: Path):
+    port = free_port()
+    device = SimulatedDevice(1)
+    device.set_nivus(12.5, 100.0, 9.5, 0, order=WordOrder.ABCD)
+    config = tmp_path / "try.toml"
+    config.write_text(
+        '[api]\nurl = "http://127.0.0.1:5000"\n'
+        f'[connections.sim]\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+        '[[devices]]\nid = "nivus-sim"\nconnection = "sim"\nmap = "nivus"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FLUXIO_API_KEY"}
+    with SimServer([device], port=port):
+        result = subprocess.run(
+            [sys.executable, "-m", "backend.modbus", "run", "--config", str(config), "--stdout", "--once"],
+            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["device_id"], r["flow_rate"]) for r in records] == [("nivus-sim", 12.5)]
+    # Sending still needs the key, and says so.
+    check = subprocess.run([sys.executable, "-m", "backend.modbus", "run", "--config", str(config), "--once"],
+                           cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 2 and "api.api_key: no API key" in check.stderr
+    plan = subprocess.run([sys.executable, "-m", "backend.modbus", "check", "--config", str(config)],
+                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=30)
+    assert plan.returncode == 0 and "no API key yet: only run --stdout will work" in plan.stdout

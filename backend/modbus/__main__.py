@@ -176,7 +176,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config, require_api=False)
-    print(f"api: {config.api.endpoint if config.api else '(none: only run --stdout will work)'}")
+    if config.api is None:
+        print("api: (none: only run --stdout will work)")
+    elif not config.api.api_key:
+        print(f"api: {config.api.endpoint} (no API key yet: only run --stdout will work)")
+    else:
+        print(f"api: {config.api.endpoint}")
     print(f"queue: {config.queue.path} (max {config.queue.max_records} records, {config.queue.overflow})")
     for name, conn in config.connections.items():
         devices = config.devices_on(name)

@@ -175,7 +175,7 @@ class _Section:
 # ---- sections ----------------------------------------------------------------------------
 
 
-def _api(data: Any, env: Mapping[str, str]) -> ApiConfig | None:
+def _api(data: Any, env: Mapping[str, str], require_key: bool = True) -> ApiConfig | None:
     if data is None:
         return None
     s = _Section(data, "api")
@@ -186,7 +186,8 @@ def _api(data: Any, env: Mapping[str, str]) -> ApiConfig | None:
     key_env = s.str_("api_key_env", DEFAULT_API_KEY_ENV)
     if not key:
         key = env.get(key_env, "")
-    if not key:
+    if not key and require_key:
+        # Only sending needs the key: `run --stdout`, `check`, `probe` and `queue` work without.
         raise s.err("api_key", f"no API key: set api_key, or the environment variable {key_env}")
     verify = s._get("verify_tls", True)
     if not isinstance(verify, bool | str):
@@ -383,7 +384,7 @@ def parse_config(
     """Validate an already-parsed TOML document."""
     env = os.environ if env is None else env
     top = _Section(data, "config")
-    api = _api(top._get("api", None), env)
+    api = _api(top._get("api", None), env, require_key=require_api)
     if api is None and require_api:
         raise ConfigError("[api]: section is required (url and api key of the ingest service)")
     queue = _queue(top._get("queue", None), Path(base_dir))

@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import random
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -286,7 +289,7 @@ class Forwarder:
         try:
             response = self.session.post(self.endpoint, data=body.encode(), timeout=self.timeout)
         except requests.RequestException as exc:
-            return self._retry(None, f"{type(exc).__name__}: {exc}", None)
+            return self._retry(None, f"{describe_request_error(exc)} at {self.endpoint}", None)
         status = response.status_code
         if 200 <= status < 300:
             self._failures = 0
@@ -340,7 +343,7 @@ class Forwarder:
         log.log(
             level,
             "ingest API unavailable (%s); %d record(s) queued, retry %d in %.1fs",
-            status if status is not None else text[:120],
+            status if status is not None else text[:500],
             len(self.queue),
             self._failures,
             delay,
@@ -412,6 +415,45 @@ class Forwarder:
                     return False
                 time.sleep(outcome.delay)
         return len(self.queue) == 0
+
+
+def describe_request_error(exc: BaseException) -> str:
+    """The cause of a failed request in a few words, e.g. "connection refused".
+
+    str() of a requests error is urllib3's nested repr ("HTTPConnectionPool(...): Max
+    retries exceeded ... (Caused by NewConnectionError(...))"), too long to log in full
+    and meaningless cut short; the innermost exception is what an installer can act on.
+    """
+    inner = _innermost(exc)
+    if isinstance(inner, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(inner, ConnectionResetError):
+        return "connection reset by the server"
+    if isinstance(inner, socket.gaierror):
+        host = getattr(getattr(exc, "request", None), "url", None)
+        host = urlsplit(host).hostname if host else None
+        return f"cannot resolve host {host!r} ({inner.strerror or inner})" if host else f"cannot resolve host ({inner})"
+    if isinstance(inner, TimeoutError) or isinstance(exc, requests.Timeout):
+        return "timed out while connecting" if isinstance(exc, requests.ConnectTimeout) else "timed out"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS error: {inner.reason or inner}"
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror.lower()
+    return f"{type(inner).__name__}: {inner}"
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    # requests wraps urllib3's MaxRetryError (in args), which keeps the connection error
+    # in .reason, which was raised from the socket's OSError (__cause__).
+    seen = {id(exc)}
+    while True:
+        wrapped = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+        links = (exc.__cause__, getattr(exc, "reason", None), *wrapped, exc.__context__)
+        nxt = next((e for e in links if isinstance(e, BaseException) and id(e) not in seen), None)
+        if nxt is None:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
 
 
 def _response_text(response: requests.Response) -> str:
