@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from ..alerts import RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
-from ..auth import requires
+from ..fleet.alerts import RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
+from ..fleet.auth import requires
 from ..query import QueryError, parse_bool, parse_int
 from ..services import services
 from .responses import error_response, json_response, now_iso
@@ -69,8 +69,9 @@ def rules() -> Response:
 @bp.post("/api/alert-rules")
 @requires("admin")
 def add_rule() -> Response:
+    svc = services()
     try:
-        rule = create_rule(services().pool, request.get_json(silent=True))
+        rule = create_rule(svc.pool, request.get_json(silent=True), svc.config.alert_webhook_allow_private)
     except RuleError as exc:
         return error_response(400, str(exc))
     engine = _engine()

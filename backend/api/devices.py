@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from ..auth import requires
-from ..devices import DeviceError, get_device, list_devices, patch_device, summary
+from ..fleet.auth import requires
+from ..fleet.devices import DeviceError, get_device, list_devices, patch_device, summary
 from ..query import QueryError, parse_int
 from ..services import services
 from .responses import error_response, json_response, now_iso

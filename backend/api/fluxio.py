@@ -18,7 +18,7 @@ import orjson
 from flask import Blueprint, Response, request
 from psycopg import sql
 
-from ..auth import PUBLIC, requires
+from ..fleet.auth import PUBLIC, requires
 from ..query import QueryError, ReadingQuery, fetch_wide, parse_int, parse_time_param
 from ..services import services
 from .responses import error_response, json_response, now_iso

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from ..auth import requires
-from ..keys import KeyRequestError, create_key, list_keys, revoke_key
+from ..fleet.auth import requires
+from ..fleet.auth.keys import KeyRequestError, create_key, list_keys, revoke_key
 from ..query import QueryError, parse_bool
 from ..services import services
 from .responses import error_response, json_response, now_iso

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
+from ..fleet.auth import guard_for, request_identity
 from ..ingest import IngestError, ingest
 from ..query import QueryError, ReadingQuery, fetch_buckets, fetch_readings, fetch_wide, parse_bool
 from ..services import services
@@ -16,9 +17,8 @@ def run_ingest(fmt: str | None = None, default_device_id: str | None = None) -> 
     svc = services()
     try:
         store = parse_bool("store", request.args.get("store"), True)
-        guard = svc.extras.get("device_guard")
         outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=store, fmt=fmt,
-                         device_guard=guard() if guard else None, default_device_id=default_device_id)
+                         device_guard=guard_for(request_identity()), default_device_id=default_device_id)
     except (IngestError, QueryError) as exc:
         status = getattr(exc, "status", 400)
         return error_response(status, getattr(exc, "message", str(exc)), getattr(exc, "retry_after", None))
