@@ -25,6 +25,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     from .buffer import BatchBuffer
     from .catalogue import FieldCatalogue
     from .db import make_pool
+    from .observers import WriteObservers
     from .services import Services
     from .sinks.postgres import PostgresSink
 
@@ -47,6 +48,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     pool = make_pool(database_url, cfg.db_pool_min, cfg.db_pool_max)
     sink = PostgresSink(pool, store_raw=cfg.store_raw_payload)
+    observers = WriteObservers()  # who learns of committed writes: the alert engine (fleet)
     buffer = BatchBuffer(
         sink,
         batch_size=cfg.batch_size,
@@ -58,6 +60,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         retry_base_delay=cfg.retry_base_delay,
         retry_max_delay=cfg.retry_max_delay,
         write_timeout=max(0.5, cfg.ack_timeout / 2),
+        on_written=observers.notify,
     )
     from .buffer import GuardedPool
     from .replay import setup_spool
@@ -71,9 +74,11 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
-    from .fleet import install_fleet
+    from .fleet import init_fleet
+    from .ratelimit import make_rate_limits
 
-    install_fleet(app, svc)  # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
+    # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
+    init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     parts = sub.add_parser("partitions", help="create monthly partitions ahead")
     parts.add_argument("--months", type=int, default=0)
     parts.set_defaults(func=cmd_partitions)
-    from .keys import add_key_commands
+    from .fleet.auth.cli import add_key_commands
 
-    add_key_commands(sub)  # keys create|list|revoke (backend/keys.py)
+    add_key_commands(sub, resolve_database_url)  # keys create|list|revoke (backend/fleet/auth/cli.py)
     return parser
 
 

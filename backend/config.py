@@ -73,6 +73,9 @@ class Config:
     # Devices and alerts
     device_offline_after_s: int = 15 * 60
     alert_silence_check_s: float = 30.0
+    # Webhook URLs that resolve to loopback, link-local (cloud metadata) or private addresses
+    # are refused unless this is true.
+    alert_webhook_allow_private: bool = False
     # Seed compatibility: the Supabase project these variables point at
     supabase_url: str = ""
     supabase_service_role_key: str = ""
@@ -136,6 +139,7 @@ class Config:
             proxy_fix_hops=_int(g("PROXY_FIX_HOPS"), 0),
             device_offline_after_s=_int(g("DEVICE_OFFLINE_AFTER_S"), 15 * 60),
             alert_silence_check_s=_float(g("ALERT_SILENCE_CHECK_S"), 30.0),
+            alert_webhook_allow_private=_bool(g("ALERT_WEBHOOK_ALLOW_PRIVATE"), False),
             supabase_url=g("SUPABASE_URL", ""),
             supabase_service_role_key=g("SUPABASE_SERVICE_ROLE_KEY", ""),
             supabase_project_id=g("SUPABASE_PROJECT_ID", ""),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -109,7 +110,7 @@ def ingest(
     *,
     store: bool = True,
     fmt: str | None = None,
-    device_guard: Any = None,
+    device_guard: Callable[[Iterable[str]], str | None] | None = None,
     default_device_id: str | None = None,
 ) -> IngestOutcome:
     """Parse, validate and (when `store`) durably accept one request's readings."""
@@ -121,10 +122,9 @@ def ingest(
     result = parser.parse(body, ctx)
     if device_guard is not None:
         # Before the catalogue check: a refused request must not register new metric names.
-        allowed, denied = device_guard(result.messages)
-        if denied and not allowed:
+        denied = device_guard({r.device_id for m in result.messages for r in m.readings})
+        if denied:
             raise IngestError(403, denied)
-        result.messages = allowed
     server_timed = assign_server_times(result.messages, received)
     sent = {m.position: len(m.readings) for m in result.messages}
     messages, type_errors, typed = catalogue.check(result.messages)

@@ -96,6 +96,7 @@ def app(db, app_config):
     yield application
     svc = application.extensions["telemetry"]
     svc.buffer.close(5)
+    application.extensions["fleet"].close()
     svc.pool.close()
 
 
@@ -123,6 +124,7 @@ def make_app(db, app_config):
     for application in apps:
         svc = application.extensions["telemetry"]
         svc.buffer.close(5)
+        application.extensions["fleet"].close()
         svc.pool.close()
 
 

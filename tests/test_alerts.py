@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.alerts import Rule, State, step
+from backend.fleet.alerts import Rule, State, step
 
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -317,7 +317,10 @@ def receiver():
     server.server_close()
 
 
-def test_webhook_retried_with_backoff(app, client, receiver, db):
+def test_webhook_retried_with_backoff(make_app, receiver, db):
+    app = make_app(alert_webhook_allow_private=True)  # the receiver listens on loopback
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-admin-key"
     url, got = receiver
     add_rule(client, metric="flow_rate", rule_type="above", threshold_value=10, webhook_url=url)
     send(app, client, "n1", "flow_rate", 42, datetime.now(UTC))
@@ -331,3 +334,58 @@ def test_webhook_retried_with_backoff(app, client, receiver, db):
     send(app, client, "n1", "flow_rate", 1, datetime.now(UTC))
     assert wait_for(lambda: len(got) == 4)
     assert got[-1]["body"]["event"] == "alert.resolved"
+
+
+@pytest.mark.parametrize("url,kind", [
+    ("http://127.0.0.1:9/hook", "loopback"),
+    ("http://localhost:9/hook", "loopback"),
+    ("http://[::1]/hook", "loopback"),
+    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://10.1.2.3/hook", "private"),
+    ("https://192.168.0.10/hook", "private"),
+    ("http://172.16.5.5/hook", "private"),
+    ("http://0.0.0.0/hook", "unspecified"),
+    ("http://224.0.0.1/hook", "multicast"),
+    ("http://100.64.0.1/hook", "non-public"),
+])
+def test_webhook_to_a_non_public_address_is_refused(client, url, kind):
+    r = client.post("/api/alert-rules", json={"rule_name": "r", "rule_type": "above", "metric": "x",
+                                              "threshold_value": 1, "webhook_url": url}, headers=ADMIN)
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert error.startswith("webhook_url: ") and f"a {kind}" in error and "ALERT_WEBHOOK_ALLOW_PRIVATE" in error
+    assert client.get("/api/alert-rules", headers=ADMIN).get_json()["data"] == []
+
+
+def test_webhook_to_a_public_address_is_accepted_and_private_ones_when_allowed(client, make_app):
+    # A literal public address: accepted without any lookup (nothing is sent at creation).
+    rule = add_rule(client, metric="x", rule_type="above", threshold_value=1, webhook_url="http://93.184.216.34/h")
+    assert rule["webhook_url"] == "http://93.184.216.34/h"
+    allowed = make_app(alert_webhook_allow_private=True).test_client()
+    r = allowed.post("/api/alert-rules", json={"rule_name": "r", "rule_type": "above", "metric": "x",
+                                               "threshold_value": 1, "webhook_url": "http://10.0.0.1/h"},
+                     headers=ADMIN)
+    assert r.status_code == 201, r.get_json()
+
+
+def test_stored_webhook_to_a_private_address_is_not_called(app, client, receiver, db):
+    """A rule stored before the check (or whose name now resolves elsewhere) still gets no POST."""
+    url, got = receiver
+    rule = add_rule(client, metric="flow_rate", rule_type="above", threshold_value=10)
+    db.execute("UPDATE alert_rules SET webhook_url = %s WHERE id = %s", (url, rule["id"]))
+    engine(app).reload_rules()
+    send(app, client, "n1", "flow_rate", 42, datetime.now(UTC))
+    assert len(alerts(client, is_resolved="false")) == 1  # the alert itself opens
+    assert wait_for(lambda: engine(app).webhooks.stats["failed"] == 1)
+    assert got == [] and engine(app).webhooks.stats["sent"] == 0
+    assert db.execute("SELECT notified_at FROM alerts").fetchone()[0] is None
+
+
+def test_fleet_close_stops_its_threads(make_app):
+    app = make_app()
+    fleet = app.extensions["fleet"]
+    threads = [fleet.keys._thread, fleet.alerts._thread, fleet.alerts.silence._thread]
+    assert all(t is not None and t.is_alive() for t in threads)
+    fleet.close(timeout=5)
+    assert not any(t.is_alive() for t in threads)

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from ..alerts import SEVERITIES, RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
-from ..auth import requires
+from ..fleet.alerts import SEVERITIES, RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
+from ..fleet.auth import requires
 from ..parsing.base import MAX_DEVICE_ID_LEN
 from ..services import services
 from .params import accepts, boolean, choice, integer, text
@@ -73,8 +73,9 @@ def rules(_p: dict[str, Any]) -> Response:
 @bp.post("/api/alert-rules")
 @requires("admin")
 def add_rule() -> Response:
+    svc = services()
     try:
-        rule = create_rule(services().pool, request.get_json(silent=True))
+        rule = create_rule(svc.pool, request.get_json(silent=True), svc.config.alert_webhook_allow_private)
     except RuleError as exc:
         return error_response(400, str(exc))
     engine = _engine()

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..auth import requires
-from ..devices import DeviceError, get_device, list_devices, patch_device, summary
+from ..fleet.auth import requires
+from ..fleet.devices import DeviceError, get_device, list_devices, patch_device, summary
 from ..parsing.base import MAX_DEVICE_ID_LEN
 from ..services import services
 from .params import ParamError, accepts, check_text, choice, integer

@@ -18,7 +18,7 @@ import orjson
 from flask import Blueprint, Response
 from psycopg import sql
 
-from ..auth import PUBLIC, requires
+from ..fleet.auth import PUBLIC, requires
 from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from ..query import ReadingQuery, fetch_wide, hours_before, iso, shift
 from ..services import services

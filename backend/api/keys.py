@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..auth import requires
-from ..keys import KeyRequestError, create_key, list_keys, revoke_key
+from ..fleet.auth import requires
+from ..fleet.auth.keys import KeyRequestError, create_key, list_keys, revoke_key
 from ..services import services
 from .params import ParamError, accepts, boolean, check_text
 from .responses import error_response, json_response, now_iso

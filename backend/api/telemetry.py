@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from ..fleet.auth import guard_for, request_identity
 from ..ingest import IngestError, ingest
 from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from ..query import (
@@ -38,9 +39,8 @@ def run_ingest(p: dict[str, Any], fmt: str | None = None, default_device_id: str
     """`p`: the values of INGEST_PARAMS."""
     svc = services()
     try:
-        guard = svc.extras.get("device_guard")
         outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=p["store"], fmt=fmt,
-                         device_guard=guard() if guard else None, default_device_id=default_device_id)
+                         device_guard=guard_for(request_identity()), default_device_id=default_device_id)
     except IngestError as exc:
         return error_response(exc.status, exc.message, exc.retry_after)
     return json_response(outcome.body, outcome.status, outcome.headers)

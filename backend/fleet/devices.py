@@ -106,7 +106,7 @@ def get_device(pool: ConnectionPool, device_id: str, offline_after_s: int) -> di
     return _device(row) if row else None
 
 
-def patch_device(pool: ConnectionPool, device_id: str, body: Any, offline_after_s: int) -> dict[str, Any] | None:
+def patch_device(pool: ConnectionPool, device_id: str, body: object, offline_after_s: int) -> dict[str, Any] | None:
     """Update name/location/description/device_type and merge metadata (a null value removes a key)."""
     if not isinstance(body, dict) or not body:
         raise DeviceError("body: a JSON object with name, location, description, device_type or metadata")

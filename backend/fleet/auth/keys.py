@@ -1,4 +1,4 @@
-"""API keys: generation, storage (hash only), listing, revocation, and the `keys` CLI.
+"""API keys: generation, storage (hash only), listing and revocation (the SQL of `api_keys`).
 
 A key is `tk_` followed by 43 URL-safe characters (32 bytes, 256 random bits from
 `secrets`). Only its SHA-256 is stored: for a secret with that much entropy a fast hash is
@@ -8,7 +8,6 @@ plaintext is returned once, by `create_key`, and never stored or logged.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+
+from ...parsing.base import DEVICE_RE
 
 SCOPES = ("ingest", "read", "admin")
 KEY_PREFIX = "tk_"
@@ -67,7 +68,7 @@ class KeyInfo:
                 "last_used_at": iso(self.last_used_at)}
 
 
-def normalise_scopes(scopes: Any) -> list[str]:
+def normalise_scopes(scopes: object) -> list[str]:
     if isinstance(scopes, str):
         scopes = [s for s in scopes.replace(" ", ",").split(",") if s]
     if not isinstance(scopes, list | tuple) or not scopes:
@@ -81,9 +82,7 @@ def normalise_scopes(scopes: Any) -> list[str]:
     return out
 
 
-def normalise_devices(devices: Any) -> list[str] | None:
-    from .parsing.base import DEVICE_RE
-
+def normalise_devices(devices: object) -> list[str] | None:
     if devices in (None, "", []):
         return None
     if isinstance(devices, str):
@@ -96,7 +95,7 @@ def normalise_devices(devices: Any) -> list[str] | None:
     return sorted(set(devices))
 
 
-def create_key(conn: psycopg.Connection, name: str, scopes: Any, devices: Any = None,
+def create_key(conn: psycopg.Connection, name: str, scopes: object, devices: object = None,
                expires_days: float | None = None) -> tuple[KeyInfo, str]:
     """Store a new key; returns its info and the plaintext (show it once, then forget it)."""
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
@@ -139,75 +138,3 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> KeyInfo | None:
         f" WHERE id = %s RETURNING {_COLUMNS}", (key_id,)
     ).fetchone()
     return KeyInfo.from_row(row) if row else None
-
-
-# ---- CLI: python -m backend keys create|list|revoke --------------------------------------
-
-
-def add_key_commands(sub: Any) -> None:
-    """Register `keys` on the CLI's subparsers (see backend/cli.py build_parser)."""
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
-    ksub = keys.add_subparsers(dest="keys_command", required=True)
-    create = ksub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--scopes", default="ingest", help="comma-separated: ingest,read,admin")
-    create.add_argument("--devices", default="", help="comma-separated device ids the key may write")
-    create.add_argument("--expires-days", type=float, default=None)
-    create.set_defaults(func=_cmd_create)
-    lst = ksub.add_parser("list", help="list keys (never shows a key, only its prefix)")
-    lst.add_argument("--active", action="store_true", help="hide revoked keys")
-    lst.set_defaults(func=_cmd_list)
-    revoke = ksub.add_parser("revoke", help="revoke a key (every worker refuses it within seconds)")
-    revoke.add_argument("id")
-    revoke.set_defaults(func=_cmd_revoke)
-
-
-def _connect() -> tuple[psycopg.Connection, Any]:
-    from .cli import resolve_database_url
-    from .config import Config
-    from .migrations import migrate
-
-    url, handle = resolve_database_url(Config.from_env())
-    migrate(url)
-    return psycopg.connect(url, autocommit=True, prepare_threshold=None), handle
-
-
-def _cmd_create(args: argparse.Namespace) -> int:
-    conn, _handle = _connect()
-    with conn:
-        try:
-            info, raw = create_key(conn, args.name, args.scopes, args.devices, args.expires_days)
-        except KeyRequestError as exc:
-            print(f"error: {exc}")
-            return 2
-    print(f"id:      {info.id}")
-    print(f"name:    {info.name}")
-    print(f"scopes:  {','.join(info.scopes)}")
-    print(f"devices: {','.join(info.devices) if info.devices else '(any)'}")
-    print(f"expires: {info.expires_at.isoformat() if info.expires_at else 'never'}")
-    print(f"key:     {raw}")
-    print("Store the key now: it is shown only this once (the database keeps only its hash).")
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    conn, _handle = _connect()
-    with conn:
-        keys = list_keys(conn, include_revoked=not args.active)
-    print(f"{'id':16} {'name':20} {'prefix':12} {'scopes':18} {'status':8} {'devices':24} last used")
-    for k in keys:
-        d = k.as_dict()
-        print(f"{k.id:16} {k.name[:20]:20} {k.prefix:12} {','.join(k.scopes):18} {d['status']:8}"
-              f" {(','.join(k.devices) if k.devices else '(any)')[:24]:24} {d['last_used_at'] or '-'}")
-    return 0
-
-
-def _cmd_revoke(args: argparse.Namespace) -> int:
-    conn, _handle = _connect()
-    with conn:
-        info = revoke_key(conn, args.id)
-    if info is None:
-        print(f"no key with id {args.id!r}")
-        return 1
-    print(f"revoked {info.id} ({info.name}) at {info.revoked_at.isoformat() if info.revoked_at else '?'}")
-    return 0

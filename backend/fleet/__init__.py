@@ -1,0 +1,77 @@
+"""The gateway-fleet features: API keys and scopes (auth/), rate limits, CORS, devices,
+alerts (alerts/) and the seed-compatible routes. `init_fleet` wires them into the app,
+once, from create_app(); docs/fleet.md describes them.
+"""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask
+from psycopg_pool import ConnectionPool
+
+from ..config import Config
+from ..observers import WriteObservers
+from ..ratelimit import RateLimits
+from .alerts import AlertEngine, WebhookSender
+from .auth import KeyStore, install_auth
+
+CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Content-Encoding", "X-Device-Id"]
+
+
+@dataclass
+class Fleet:
+    """The fleet's long-lived objects of one worker; `close()` stops them (shutdown, tests)."""
+
+    keys: KeyStore
+    alerts: AlertEngine
+    webhooks: WebhookSender
+    limits: RateLimits
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.keys.close()
+        self.alerts.close(timeout)  # before the sender: it may still hand deliveries to it
+        self.webhooks.close()
+
+
+def init_fleet(app: Flask, cfg: Config, pool: ConnectionPool, observers: WriteObservers, limits: RateLimits,
+               sink_available: Callable[[], bool]) -> Fleet:
+    """Build the fleet's objects, register its hooks and blueprints; returns them for shutdown.
+
+    `sink_available` is false while the write path knows the database is down: the key
+    store then answers at once instead of waiting on it.
+    """
+    from ..api import alerts, devices, fluxio, keys
+
+    if cfg.proxy_fix_hops > 0:
+        # Behind nginx: take the client address from X-Forwarded-For (per-IP limits need it).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.proxy_fix_hops,  # type: ignore[method-assign]
+                                x_proto=cfg.proxy_fix_hops)
+    if cfg.cors_origins:
+        from flask_cors import CORS
+
+        CORS(app, origins=cfg.cors_origins, allow_headers=CORS_HEADERS, expose_headers=["Retry-After"],
+             methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"], max_age=600)
+
+    store = KeyStore(pool, sink_available, cfg.admin_api_key)
+    install_auth(app, cfg, store, limits)
+    webhooks = WebhookSender(pool, base_delay=max(0.01, cfg.retry_base_delay), max_delay=cfg.retry_max_delay,
+                             allow_private=cfg.alert_webhook_allow_private)
+    engine = AlertEngine(pool, webhooks, silence_check_s=cfg.alert_silence_check_s)
+    observers.register(engine.on_written)
+    fleet = Fleet(store, engine, webhooks, limits)
+    app.extensions["fleet"] = fleet
+    # The names the blueprints and tests look them up by.
+    app.extensions["fleet_keys"] = store
+    app.extensions["fleet_alerts"] = engine
+    app.extensions["fleet_limits"] = limits
+    for module in (devices, alerts, keys, fluxio):
+        app.register_blueprint(module.bp)
+    store.start()
+    engine.start()
+    atexit.register(fleet.close)
+    return fleet

@@ -1,0 +1,143 @@
+"""API-key authentication and scopes for every endpoint: the Flask side of the key store.
+
+Keys arrive as `Authorization: Bearer <key>` or `X-API-Key: <key>` and are looked up in the
+worker's KeyStore (backend/fleet/auth/keystore.py).
+
+Scopes: `ingest` (write readings), `read` (every GET), `admin` (everything, plus flush,
+keys, device metadata, alert rules). `/health` is public. An endpoint names its scope
+with `@requires(...)` or in `ENDPOINT_SCOPES`; anything else is `read` for GET/HEAD and
+`admin` for other methods, so a new write endpoint is closed until someone opens it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Request, Response, g, request
+
+from ...api.responses import error_response
+from ...config import Config
+from ...ratelimit import RateLimits
+from .keystore import OPEN, AuthUnavailable, Identity, KeyStore
+
+log = logging.getLogger(__name__)
+
+PUBLIC = "public"
+# Endpoints of blueprints this module does not own; views of the fleet blueprints use @requires.
+ENDPOINT_SCOPES: dict[str, str] = {
+    "health.health": PUBLIC,
+    "telemetry.parse": "ingest",
+    "telemetry.ingest_plain": "ingest",
+    "telemetry.flush": "admin",
+}
+UNAUTHORIZED = "missing, unknown, expired or revoked API key"
+MAX_KEY_LEN = 256
+
+
+def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a view with the scope it needs (`ingest`, `read`, `admin` or PUBLIC)."""
+
+    def mark(view: Callable[..., Any]) -> Callable[..., Any]:
+        view.required_scope = scope  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def presented_key(req: Request) -> str | None:
+    header = req.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = req.headers.get("X-API-Key")
+    return key.strip() if key and key.strip() else None
+
+
+def authenticate(store: KeyStore, req: Request) -> tuple[Identity | None, str]:
+    """(identity, status) for a request; status: ok, missing, invalid, unavailable."""
+    raw = presented_key(req)
+    if raw is None:
+        return None, "missing"
+    if len(raw) > MAX_KEY_LEN:
+        return None, "invalid"
+    try:
+        ident = store.lookup(raw)
+    except AuthUnavailable:
+        return None, "unavailable"
+    if ident is None or not ident.usable(datetime.now(UTC)):
+        return None, "invalid"
+    return ident, "ok"
+
+
+def request_identity() -> Identity | None:
+    """The identity the auth hook admitted this request with (None on public endpoints)."""
+    return g.get("fleet_identity")
+
+
+def required_scope(app: Flask, endpoint: str, method: str) -> str:
+    view = app.view_functions.get(endpoint)
+    scope = getattr(view, "required_scope", None) or ENDPOINT_SCOPES.get(endpoint)
+    if scope:
+        return scope
+    return "read" if method in ("GET", "HEAD") else "admin"
+
+
+def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | None = None) -> None:
+    """Check every request's key and scope, and count it against its rate limit.
+
+    Order: a request with a valid key is counted against that key's budget (ADMIN_API_KEY:
+    not counted), then its scope is checked; a request without a valid key is counted
+    against its IP address's budget, then refused (401) unless the endpoint is public.
+    """
+    if cfg.admin_api_key and len(cfg.admin_api_key) < 32 and not cfg.testing:
+        log.warning("ADMIN_API_KEY is shorter than 32 characters; use `python -m backend keys create`"
+                    " style keys (256 random bits)")
+    if cfg.auth_required and not cfg.admin_api_key:
+        log.info("no ADMIN_API_KEY: create keys with `python -m backend keys create`")
+    if limits is not None and not limits.enabled:
+        limits = None
+
+    @app.before_request
+    def _authenticate() -> Response | None:
+        if request.method == "OPTIONS":
+            return None  # CORS preflight
+        endpoint = request.endpoint
+        scope = PUBLIC if endpoint is None else required_scope(app, endpoint, request.method)
+        if scope == PUBLIC or not cfg.auth_required:
+            # Public endpoints, 404/405, or auth switched off: counted per IP only.
+            if scope != PUBLIC:
+                g.fleet_identity = OPEN
+            return limits.check_ip(request.remote_addr) if limits is not None else None
+        ident, status = authenticate(store, request)
+        if ident is None:
+            limited = limits.check_ip(request.remote_addr) if limits is not None else None
+            if limited is not None:
+                return limited
+            if status == "unavailable":
+                return error_response(503, "cannot check the API key right now (database unreachable);"
+                                      " retry later", retry_after=5)
+            resp = error_response(401, UNAUTHORIZED)
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
+            return resp
+        if limits is not None and not ident.master:
+            limited = limits.check_key(ident.key_id)
+            if limited is not None:
+                return limited
+        if not ident.allows(scope):
+            return error_response(403, f"this API key does not have the {scope!r} scope")
+        g.fleet_identity = ident
+        store.touch(ident)
+        return None
+
+    if cfg.testing:
+        pid = str(os.getpid())
+
+        @app.after_request
+        def _served_by(resp: Response) -> Response:
+            resp.headers["X-Served-By"] = pid  # lets multi-worker tests see which worker answered
+            return resp
