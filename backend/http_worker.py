@@ -135,7 +135,12 @@ class BufferingThreadWorker(ThreadWorker):
         except OSError:
             data = b""
         if not data:
-            self._close(conn)
+            if st.head_end:
+                # Half-closed inside the body: the client may still read an answer, and the
+                # application's reader says what was cut short (400), not silence.
+                self._hand_over(conn)
+            else:
+                self._close(conn)
             return
         st.buf += data
         st.sent_anything = True
