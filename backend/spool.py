@@ -171,6 +171,10 @@ def encode_batch(batch: list[Submission]) -> bytes:
             "raw": s.raw_payload,
             "r": [[r.device_id, r.metric, r.ts, r.value, r.value_text] for r in s.readings],
             "rej": [[e.position, e.reason, e.raw] for e in s.rejected],
+            # Optional (records of older versions lack them): a replayed server-timed reading
+            # must still move past another request's reading instead of merging with it.
+            "pos": s.positions,
+            "st": s.server_timed,
         })
     return orjson.dumps({"v": 1, "subs": subs})
 
@@ -193,6 +197,8 @@ def decode_batch(payload: bytes) -> list[Submission]:
             parser_version=s.get("pv") or "",
             data_source=s.get("ds") or "",
             rejected=[ParseError(p, r, raw or "") for p, r, raw in s.get("rej") or ()],
+            positions=list(s.get("pos") or ()),
+            server_timed=list(s.get("st") or ()),
         ))
     return out
 

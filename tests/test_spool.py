@@ -71,6 +71,16 @@ def test_batch_round_trip_keeps_times_ids_raw_and_rejects():
     assert (back.device_id, back.parser_version, back.data_source) == ("d1", "2.0", "test")
 
 
+def test_batch_round_trip_keeps_positions_and_server_time_flags():
+    # Without the flags a replayed server-timed reading that meets another request's reading
+    # at the same microsecond would be judged by value (merged when equal) instead of moved.
+    sub = make_sub("d1", 1, 3)
+    sub.positions = [1, 2, 3]
+    sub.server_timed = [True, False, True]
+    (back,) = decode_batch(encode_batch([sub]))
+    assert back.positions == [1, 2, 3] and back.server_timed == [True, False, True]
+
+
 def _segment(records: list[bytes]) -> bytes:
     return b"".join(frame(r) for r in records)
 
