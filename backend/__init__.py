@@ -66,11 +66,14 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     from .replay import setup_spool
 
     spool = setup_spool(buffer, cfg, pool)  # write-ahead spool + replayer, see docs/reliability.md
-    svc = Services(cfg, pool, buffer, FieldCatalogue(GuardedPool(pool, buffer)))
+    svc = Services(cfg, pool, buffer, FieldCatalogue.for_buffer(GuardedPool(pool, buffer), buffer, cfg))
     if spool is not None:
         svc.extras["spool"] = spool
     svc.extras["database_url"] = database_url
     app.extensions["telemetry"] = svc
+    from .admission import install as install_admission
+
+    svc.extras["admission"] = install_admission(app, cfg.max_readings_in_flight)  # bounded ingest memory
 
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)

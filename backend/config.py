@@ -53,6 +53,11 @@ class Config:
     max_lines_per_body: int = 100_000
     store_raw_payload: bool = True
     data_source: str = "flask_api"
+    # Bounded work per request (docs/benchmarks.md, "Bounded work per request").
+    max_readings_in_flight: int = 400_000
+    max_new_fields_per_request: int = 500
+    max_new_fields_per_key_per_hour: int = 2000
+    catalogue_cache_size: int = 20_000
     # Spool (write-ahead log used when PostgreSQL cannot take the write right now)
     spool_dir: str = ""
     spool_max_bytes: int = 1024 * 1024 * 1024
@@ -125,6 +130,10 @@ class Config:
             max_lines_per_body=_int(g("MAX_LINES_PER_BODY"), 100_000),
             store_raw_payload=_bool(g("STORE_RAW_PAYLOAD"), True),
             data_source=g("DATA_SOURCE", "flask_api"),
+            max_readings_in_flight=_int(g("MAX_READINGS_IN_FLIGHT"), 400_000),
+            max_new_fields_per_request=_int(g("MAX_NEW_FIELDS_PER_REQUEST"), 500),
+            max_new_fields_per_key_per_hour=_int(g("MAX_NEW_FIELDS_PER_KEY_PER_HOUR"), 2000),
+            catalogue_cache_size=_int(g("CATALOGUE_CACHE_SIZE"), 20_000),
             spool_dir=g("SPOOL_DIR", ""),
             spool_max_bytes=_int(g("SPOOL_MAX_BYTES"), 1024 * 1024 * 1024),
             spool_min_free_bytes=_int(g("SPOOL_MIN_FREE_BYTES"), 256 * 1024 * 1024),

@@ -8,6 +8,7 @@ reason; a database that cannot take the write in time is 503 with Retry-After.
 
 from __future__ import annotations
 
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Request
+from flask import Request, g
 
+from . import admission
 from .api.responses import body_error_text, body_read_errors
 from .buffer import BatchBuffer, BufferFull
-from .catalogue import FieldCatalogue
+from .catalogue import CatalogueLimit, FieldCatalogue
 from .config import Config
 from .parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
 from .parsing.base import DEVICE_RE, Message
@@ -48,6 +50,13 @@ class IngestOutcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def admit(readings: int) -> None:
+    """Hold `readings` of this worker's MAX_READINGS_IN_FLIGHT for the request (backend/admission.py)."""
+    refused = admission.reserve(readings)
+    if refused:
+        raise IngestError(503, refused, retry_after=admission.RETRY_AFTER_S)
+
+
 def read_body(request: Request, cfg: Config) -> str:
     length = request.content_length
     if length is not None and length > cfg.max_body_bytes:
@@ -56,6 +65,9 @@ def read_body(request: Request, cfg: Config) -> str:
         data = request.get_data(cache=False)
     except body_read_errors() as exc:  # a broken chunked body is the client's, not a 500
         raise IngestError(400, body_error_text(exc)) from exc
+    if length is not None:
+        admit(admission.estimate(length))  # before the body is read into memory
+    data = request.get_data(cache=False)
     if len(data) > cfg.max_body_bytes:
         raise IngestError(413, f"body is over the {cfg.max_body_bytes}-byte limit")
     encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
@@ -63,6 +75,7 @@ def read_body(request: Request, cfg: Config) -> str:
         data = _inflate(data, encoding, cfg.max_decompressed_bytes)
     elif encoding not in ("", "identity"):
         raise IngestError(415, f"Content-Encoding {encoding!r} is not supported (use gzip)")
+    admit(admission.estimate(len(data)))  # decompressed, or sent without a Content-Length
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -115,11 +128,13 @@ def ingest(
 ) -> IngestOutcome:
     """Parse, validate and (when `store`) durably accept one request's readings."""
     received = datetime.now(UTC)
+    started = time.monotonic()  # ACK_TIMEOUT bounds the whole request, catalogue included
     body = read_body(request, cfg)
     parser = pick_parser(request, fmt)
     ctx = ParseContext(received_at=received, default_device_id=default_device(request) or default_device_id,
                        max_messages=cfg.max_lines_per_body)
     result = parser.parse(body, ctx)
+    admit(sum(len(m.readings) for m in result.messages))
     if device_guard is not None:
         # Before the catalogue check: a refused request must not register new metric names.
         denied = device_guard({r.device_id for m in result.messages for r in m.readings})
@@ -127,7 +142,12 @@ def ingest(
             raise IngestError(403, denied)
     server_timed = assign_server_times(result.messages, received)
     sent = {m.position: len(m.readings) for m in result.messages}
-    messages, type_errors, typed = catalogue.check(result.messages)
+    try:
+        messages, type_errors, typed = catalogue.check(
+            result.messages, key_id=_key_id(),
+            timeout=min(catalogue.timeout, _time_left(cfg, started) / 2))
+    except CatalogueLimit as exc:
+        raise IngestError(exc.status, exc.message, retry_after=exc.retry_after) from exc
     errors: list[ParseError] = sorted(result.errors + type_errors, key=lambda e: e.position)
     # Readings of the refused messages: a message the catalogue refused carried all of its own.
     rejected_readings = sum(e.readings for e in result.errors) + sum(sent.get(e.position, 1) for e in type_errors)
@@ -192,7 +212,7 @@ def ingest(
         body_out["error"] = "no valid readings in body"
         return IngestOutcome(400, body_out)
     # 2xx only for "committed" (in PostgreSQL) or "spooled" (fsync'd to the local spool).
-    if not buffer.wait(sub, cfg.ack_timeout) or sub.outcome not in ("committed", "spooled"):
+    if not buffer.wait(sub, _time_left(cfg, started)) or sub.outcome not in ("committed", "spooled"):
         why = sub.error if sub.outcome == "failed" else (f"storage did not confirm the write in {cfg.ack_timeout:g}s"
                                                           f" ({buffer.stats.last_error or 'busy'})")
         raise IngestError(503, f"{why}; not stored, retry later", retry_after=buffer.retry_after_hint())
@@ -227,6 +247,16 @@ def _account(body_out: dict[str, Any], sub: Submission, readings: list, position
     if sub.quarantined:
         body_out["quarantined"] = sub.quarantined
     return sub.quarantined
+
+
+def _time_left(cfg: Config, started: float) -> float:
+    return max(0.1, cfg.ack_timeout - (time.monotonic() - started))
+
+
+def _key_id() -> str | None:
+    """The API key the catalogue counts new metric names against (set by backend/auth.py)."""
+    ident = (g.get("_fleet_identity") or (None, ""))[0]
+    return getattr(ident, "key_id", None)
 
 
 def _seed_parsed_data(msg: Message, cfg: Config) -> dict[str, Any]:

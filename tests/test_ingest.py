@@ -405,3 +405,67 @@ def test_every_reading_sent_is_accounted_for_exactly_once(client, db):
 
     check()
     assert all(seen.values()), seen  # the examples did meet every case
+
+
+# ---- bounded work per request: readings in flight per worker (issue 11) -----------------------
+
+
+def _start_slow_upload(server, body: bytes, sent: int):
+    """A request whose headers (with the full Content-Length) and first `sent` bytes are on the wire."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (f"POST /telemetry/parse HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.api_key}\r\n"
+            f"Content-Type: text/plain\r\nX-Device-Id: slow\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n")
+    sock.sendall(head.encode() + body[:sent])
+    return sock
+
+
+def _finish_slow_upload(sock, body: bytes, sent: int) -> int:
+    sock.sendall(body[sent:])
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return int(data.split(b" ", 2)[1])
+
+
+def test_readings_in_flight_per_worker_are_bounded_with_503_and_retry_after(make_live_server):
+    # One worker, room for ~20,000 readings in flight. A big body that is still arriving holds
+    # its share (from its Content-Length); a second big body is refused before it is read.
+    from tests.live_server import wait_for
+
+    server = make_live_server(env={"MAX_READINGS_IN_FLIGHT": "20000"}, workers=1, threads=4)
+    big = "\n".join(f"ts:{1763900000 + i},alt:{i},pitch:{i},roll:{i}" for i in range(5000)).encode()
+    assert 10_000 < len(big) // 20 < 20_000  # the estimate before parsing: ~20 bytes a reading
+    sock = _start_slow_upload(server, big, 100)
+    try:
+        def refused():
+            r = server.post("/telemetry/parse", data=big, headers={**RAW, "X-Device-Id": "second"})
+            return [r] if r.status_code == 503 else None  # a list: a 503 Response is falsy
+
+        r, = wait_for(refused, timeout=10)
+        assert "MAX_READINGS_IN_FLIGHT" in r.json()["error"], r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        # Small requests still fit beside it.
+        small = server.post("/telemetry/parse", data="alt:1", headers={**RAW, "X-Device-Id": "small"})
+        assert small.status_code == 200, small.text
+    finally:
+        status = _finish_slow_upload(sock, big, 100)
+    assert status == 200
+    # Released when the request ended: the same body now goes in.
+    r = server.post("/telemetry/parse", data=big, headers={**RAW, "X-Device-Id": "second"})
+    assert r.status_code == 200 and r.json()["accepted"] == 15_000, r.text
+    assert server.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'second'")[0][0] == 15_000
+
+
+def test_a_body_bigger_than_the_in_flight_bound_goes_in_when_it_is_alone(make_live_server):
+    # Refusing it always would make it impossible to send; alone it is bounded by MAX_BODY_BYTES.
+    server = make_live_server(env={"MAX_READINGS_IN_FLIGHT": "1000"}, workers=1, threads=4)
+    body = "\n".join(f"ts:{1763900000 + i},alt:{i},pitch:{i}" for i in range(2000))
+    r = server.post("/telemetry/parse", data=body, headers={**RAW, "X-Device-Id": "alone"})
+    assert r.status_code == 200 and r.json()["accepted"] == 4000, r.text

@@ -121,4 +121,7 @@ def batch_status(_p: dict[str, Any]) -> Response:
     spool = svc.extras.get("spool")
     if spool is not None:
         body["spool"] = spool.status()
+    body["catalogue"] = svc.catalogue.status()
+    if "admission" in svc.extras:
+        body["admission"] = svc.extras["admission"].status()
     return json_response(body)
