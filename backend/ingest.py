@@ -61,13 +61,12 @@ def read_body(request: Request, cfg: Config) -> str:
     length = request.content_length
     if length is not None and length > cfg.max_body_bytes:
         raise IngestError(413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte limit")
+    if length is not None:
+        admit(admission.estimate(length))  # before the body is read into memory
     try:
         data = request.get_data(cache=False)
     except body_read_errors() as exc:  # a broken chunked body is the client's, not a 500
         raise IngestError(400, body_error_text(exc)) from exc
-    if length is not None:
-        admit(admission.estimate(length))  # before the body is read into memory
-    data = request.get_data(cache=False)
     if len(data) > cfg.max_body_bytes:
         raise IngestError(413, f"body is over the {cfg.max_body_bytes}-byte limit")
     encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
