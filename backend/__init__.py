@@ -14,20 +14,20 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .config import Config
+from backend.config import Config
 
 __all__ = ["create_app", "Config"]
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
-    from .api import config_routes, health, telemetry
-    from .api.responses import error_response
-    from .buffer import BatchBuffer
-    from .catalogue import FieldCatalogue
-    from .db import make_pool
-    from .observers import WriteObservers
-    from .services import Services
-    from .sinks.postgres import PostgresSink
+    from backend.api import config_routes, health, telemetry
+    from backend.api.responses import error_response
+    from backend.ingest.buffer import BatchBuffer
+    from backend.ingest.catalogue import FieldCatalogue
+    from backend.ingest.observers import WriteObservers
+    from backend.ingest.sinks.postgres import PostgresSink
+    from backend.services import Services
+    from backend.store.pool import make_pool
 
     cfg = config or Config.from_env()
     if overrides:
@@ -38,7 +38,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     database_url = cfg.database_url
     if not database_url:
-        from .embedded_pg import start_embedded
+        from backend.store.embedded import start_embedded
 
         database_url, _handle = start_embedded(cfg.data_dir, cleanup=None)
 
@@ -62,8 +62,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         write_timeout=max(0.5, cfg.ack_timeout / 2),
         on_written=observers.notify,
     )
-    from .buffer import GuardedPool
-    from .replay import setup_spool
+    from backend.ingest.buffer import GuardedPool
+    from backend.ingest.replay import setup_spool
 
     spool = setup_spool(buffer, cfg, pool)  # write-ahead spool + replayer, see docs/reliability.md
     svc = Services(cfg, pool, buffer, FieldCatalogue.for_buffer(GuardedPool(pool, buffer), buffer, cfg))
@@ -71,14 +71,14 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         svc.extras["spool"] = spool
     svc.extras["database_url"] = database_url
     app.extensions["telemetry"] = svc
-    from .admission import install as install_admission
+    from backend.ingest.admission import install as install_admission
 
     svc.extras["admission"] = install_admission(app, cfg.max_readings_in_flight)  # bounded ingest memory
 
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
-    from .fleet import init_fleet
-    from .ratelimit import make_rate_limits
+    from backend.fleet import init_fleet
+    from backend.fleet.ratelimit import make_rate_limits
 
     # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
     init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
@@ -89,7 +89,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        from .api.responses import unexpected_error_response
+        from backend.api.responses import unexpected_error_response
 
         resp, is_bug = unexpected_error_response(exc)
         if is_bug:
@@ -98,7 +98,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     buffer.start()
     atexit.register(buffer.close, 10.0)
-    from .maintenance import Maintenance
+    from backend.store.maintenance import Maintenance
 
     maintenance = Maintenance(pool, cfg.partitions_ahead_months)
     maintenance.start()

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from backend.config import Config
 
 log = logging.getLogger("backend.cli")
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def resolve_database_url(cfg: Config, cleanup: str | None = "stop") -> tuple[str
     """DATABASE_URL, or the embedded server's URL (kept alive while the handle lives)."""
     if cfg.database_url:
         return cfg.database_url, None
-    from .embedded_pg import start_embedded
+    from backend.store.embedded import start_embedded
 
     return start_embedded(cfg.data_dir, cleanup=cleanup)
 
@@ -34,8 +34,8 @@ def resolve_database_url(cfg: Config, cleanup: str | None = "stop") -> tuple[str
 def prepare_database(cfg: Config | None = None) -> None:
     import psycopg
 
-    from .migrations import migrate
-    from .partitions import ensure_partitions
+    from backend.store.migrations import migrate
+    from backend.store.partitions import ensure_partitions
 
     cfg = cfg or Config.from_env()
     # cleanup=None: this may run inside gunicorn's master, where the handle does not outlive us.
@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrations import migrate
+    from backend.store.migrations import migrate
 
     url, _handle = resolve_database_url(Config.from_env())
     applied = migrate(url)
@@ -103,7 +103,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_partitions(args: argparse.Namespace) -> int:
     import psycopg
 
-    from .partitions import ensure_partitions
+    from backend.store.partitions import ensure_partitions
 
     cfg = Config.from_env()
     url, _handle = resolve_database_url(cfg)
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parts = sub.add_parser("partitions", help="create monthly partitions ahead")
     parts.add_argument("--months", type=int, default=0)
     parts.set_defaults(func=cmd_partitions)
-    from .fleet.auth.cli import add_key_commands
+    from backend.fleet.auth.cli import add_key_commands
 
     add_key_commands(sub, resolve_database_url)  # keys create|list|revoke (backend/fleet/auth/cli.py)
     return parser

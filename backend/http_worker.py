@@ -79,7 +79,7 @@ class BufferingThreadWorker(ThreadWorker):
         super().check_config(cfg, log)
 
     def init_process(self) -> None:
-        from .config import Config
+        from backend.config import Config
 
         cfg = Config.from_env()
         self.header_timeout = cfg.client_header_timeout

@@ -8,9 +8,9 @@ from typing import Any
 from flask import current_app
 from psycopg_pool import ConnectionPool
 
-from .buffer import BatchBuffer
-from .catalogue import FieldCatalogue
-from .config import Config
+from backend.config import Config
+from backend.ingest.buffer import BatchBuffer
+from backend.ingest.catalogue import FieldCatalogue
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import Any
 
 import psycopg
 
-from backend.migrations import migrate
-from backend.partitions import ensure_partitions
+from backend.store.migrations import migrate
+from backend.store.partitions import ensure_partitions
 
 from .load import run_wrk
 from .run import SEED_SCHEMA, Bench, Plan, resolve_admin_url, with_dbname

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import orjson
 from flask import Flask, Response, request
 
-from backend.parsing import ParseContext, get_parser
+from backend.ingest.parsing import ParseContext, get_parser
 
 app = Flask(__name__)
 _RAW = get_parser("raw")

@@ -21,12 +21,12 @@ from datetime import UTC, datetime, timedelta
 import psutil
 import psycopg
 
-from backend.db import make_pool
-from backend.migrations import migrate
-from backend.parsing import ParseContext, Reading, get_parser
-from backend.partitions import ensure_partitions
-from backend.sinks import Submission
-from backend.sinks.postgres import PostgresSink
+from backend.ingest.parsing import ParseContext, Reading, get_parser
+from backend.ingest.sinks import Submission
+from backend.ingest.sinks.postgres import PostgresSink
+from backend.store.migrations import migrate
+from backend.store.partitions import ensure_partitions
+from backend.store.pool import make_pool
 
 from .run import resolve_admin_url, with_dbname
 

@@ -43,8 +43,8 @@ import orjson
 import psutil
 import psycopg
 
-from backend.migrations import migrate
-from backend.partitions import ensure_partitions
+from backend.store.migrations import migrate
+from backend.store.partitions import ensure_partitions
 
 from .dataset import (
     QUERY_PREFIX,
@@ -407,7 +407,7 @@ def resolve_admin_url(explicit: str | None) -> tuple[str, Any]:
             print(f"[bench] {url.split('@')[-1]} not usable ({str(exc).strip()[:120]})", file=sys.stderr)
             if explicit:
                 raise
-    from backend.embedded_pg import start_embedded
+    from backend.store.embedded import start_embedded
 
     print("[bench] no PostgreSQL reachable; starting the embedded one", file=sys.stderr)
     return start_embedded(tempfile.mkdtemp(prefix="bench-pg-"), cleanup="delete")

@@ -16,7 +16,7 @@ import orjson
 from flask import Flask, Response, request
 from psycopg_pool import ConnectionPool
 
-from backend.parsing import PARSER_VERSION, ParseContext, get_parser
+from backend.ingest.parsing import PARSER_VERSION, ParseContext, get_parser
 
 _INSERT = (
     "INSERT INTO seed_telemetry (device_id, ts, roll, pitch, alt, bat_v, raw_data, parser_version, data_source)"

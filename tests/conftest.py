@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from backend.migrations import migrate
+from backend.store.migrations import migrate
 from tests.live_server import LiveServer
 
 KEEP_TABLES = {"schema_migrations"}
@@ -28,7 +28,7 @@ def pg_admin_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from backend.embedded_pg import start_embedded
+    from backend.store.embedded import start_embedded
 
     tmp = tempfile.mkdtemp(prefix="telemetry-test-pg-")
     url, handle = start_embedded(tmp, cleanup="delete")
@@ -47,7 +47,7 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
     url = psycopg.conninfo.make_conninfo(**info)
     migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        from backend.partitions import ensure_partitions
+        from backend.store.partitions import ensure_partitions
 
         ensure_partitions(conn, 3)
         seeded = [r[0] for r in conn.execute("SELECT name FROM telemetry_fields")]
@@ -158,7 +158,7 @@ def stoppable_pg(tmp_path: Path):
     server = StoppablePostgres(Path(tempfile.mkdtemp(prefix="telemetry-pg-"))).init().start()
     migrate(server.url)
     with psycopg.connect(server.url, autocommit=True) as conn:
-        from backend.partitions import ensure_partitions
+        from backend.store.partitions import ensure_partitions
 
         ensure_partitions(conn, 3)
     yield server

@@ -168,7 +168,7 @@ def test_two_workers_share_alert_state(make_app, client):
     now = datetime.now(UTC)
 
     def reading(t, v):
-        from backend.parsing import Reading
+        from backend.ingest.parsing import Reading
         return [Reading("n1", "pressure", now - timedelta(seconds=t), v)]
 
     engine(a).evaluate(reading(60, 6))

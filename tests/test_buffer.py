@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backend.buffer import BatchBuffer, BufferFull
-from backend.db import make_pool
-from backend.parsing import Reading
-from backend.replay import Replayer
-from backend.sinks import Submission
-from backend.sinks.postgres import PostgresSink
-from backend.spool import Spool
+from backend.ingest.buffer import BatchBuffer, BufferFull
+from backend.ingest.parsing import Reading
+from backend.ingest.replay import Replayer
+from backend.ingest.sinks import Submission
+from backend.ingest.sinks.postgres import PostgresSink
+from backend.ingest.spool import Spool
+from backend.store.pool import make_pool
 
 BASE = datetime(2026, 2, 1, tzinfo=UTC)
 _seq = iter(range(10**9))

@@ -49,7 +49,7 @@ def _old_backlog_of_a_live_worker(root, age_s: float):
     app's replayer leaves it alone, like a backlog whose replay is stuck."""
     import time as _time
 
-    from backend.spool import Spool, list_segments
+    from backend.ingest.spool import Spool, list_segments
     from tests.test_spool import make_sub
 
     other = Spool(root, max_bytes=2**30, min_free_bytes=0).open()

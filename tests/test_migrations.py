@@ -6,7 +6,7 @@ import threading
 
 import psycopg
 
-from backend.migrations import MIGRATIONS_DIR, migrate
+from backend.store.migrations import MIGRATIONS_DIR, migrate
 
 
 def test_every_migration_recorded_once(db):
@@ -47,7 +47,7 @@ def test_concurrent_migrate_on_a_fresh_database(pg_admin_url):
 
 
 def test_partitions_created_ahead(db):
-    from backend.partitions import ensure_partitions
+    from backend.store.partitions import ensure_partitions
 
     ensure_partitions(db, 3)
     parts = [r[0] for r in db.execute(
@@ -63,7 +63,7 @@ def test_changed_applied_migration_stops_start_up(database_url, tmp_path):
 
     import pytest
 
-    from backend.migrations import MigrationChanged
+    from backend.store.migrations import MigrationChanged
 
     for path in MIGRATIONS_DIR.glob("*.sql"):
         shutil.copy(path, tmp_path / path.name)

@@ -7,9 +7,9 @@ import uuid
 from datetime import UTC, datetime
 
 from backend.fleet.auth import Identity, guard_for, refused_devices
-from backend.observers import WriteObservers
-from backend.parsing import Reading
-from backend.sinks import Submission, WriteResult
+from backend.ingest.observers import WriteObservers
+from backend.ingest.parsing import Reading
+from backend.ingest.sinks import Submission, WriteResult
 
 
 def _batch() -> list[Submission]:
@@ -27,7 +27,7 @@ def test_every_observer_sees_the_write_even_when_one_fails(caplog):
 
     observers.register(broken)
     observers.register(lambda batch, result: seen.append(f"second:{len(batch)}:{result.inserted}"))
-    with caplog.at_level(logging.ERROR, logger="backend.observers"):
+    with caplog.at_level(logging.ERROR, logger="backend.ingest.observers"):
         observers.notify(_batch(), WriteResult(staged=1, inserted=1))
     assert seen == ["broken", "second:1:1"]
     assert "observer bug" in caplog.text

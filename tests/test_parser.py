@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.parsing import ParseContext, Reading, get_parser, parser_for_content_type
-from backend.parsing.base import parse_time
-from backend.parsing.raw import format_raw
+from backend.ingest.parsing import ParseContext, Reading, get_parser, parser_for_content_type
+from backend.ingest.parsing.base import parse_time
+from backend.ingest.parsing.raw import format_raw
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CTX = ParseContext(received_at=NOW, default_device_id="dev1")
@@ -211,7 +211,7 @@ def test_server_times_count_per_device_and_skip_messages_with_their_own_time():
 
 
 def test_the_clock_never_gives_a_device_the_same_microsecond_twice():
-    from backend.parsing.server_time import ServerClock, assign_server_times
+    from backend.ingest.parsing.server_time import ServerClock, assign_server_times
 
     clock = ServerClock()
     first = raw.parse("roll:5\nroll:6", CTX)
@@ -228,7 +228,7 @@ def test_the_clock_never_gives_a_device_the_same_microsecond_twice():
 
 
 def test_the_clock_stays_small_with_many_devices():
-    from backend.parsing.server_time import ServerClock
+    from backend.ingest.parsing.server_time import ServerClock
 
     clock = ServerClock(max_devices=10)
     for n in range(50):

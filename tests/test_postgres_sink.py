@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from backend.buffer import BatchBuffer
-from backend.db import make_pool
-from backend.parsing import Reading
-from backend.sinks import Submission
-from backend.sinks.postgres import PostgresSink
+from backend.ingest.buffer import BatchBuffer
+from backend.ingest.parsing import Reading
+from backend.ingest.sinks import Submission
+from backend.ingest.sinks.postgres import PostgresSink
+from backend.store.pool import make_pool
 
 
 def submission(device: str, n: int, start: datetime) -> Submission:
@@ -60,7 +60,7 @@ def test_buffer_is_bounded(stoppable_pg):
                          retry_max_delay=0.2)
     buffer.start()
     try:
-        from backend.buffer import BufferFull
+        from backend.ingest.buffer import BufferFull
 
         buffer.submit(submission("s", 60, datetime(2026, 11, 23, tzinfo=UTC)))
         raised = False
@@ -106,7 +106,7 @@ def test_concurrent_flushers_on_the_same_rows_stay_idempotent(database_url, db):
 def test_big_confirmed_batch_is_copied_and_a_resend_is_stored_once(database_url, db):
     # >= COPY_MIN_READINGS readings of confirmed types go in by COPY; when some of them are
     # already stored the COPY fails on the unique key and the idempotent path stores the rest.
-    from backend.sinks.postgres import COPY_MIN_READINGS
+    from backend.ingest.sinks.postgres import COPY_MIN_READINGS
 
     pool = make_pool(database_url, 1, 2)
     sink = PostgresSink(pool)
@@ -225,7 +225,7 @@ def test_a_device_time_wins_its_key_over_a_server_assigned_one_in_the_same_batch
 
 
 def test_a_different_value_for_a_stored_key_is_a_conflict_also_on_the_copy_path(database_url, db):
-    from backend.sinks.postgres import COPY_MIN_READINGS
+    from backend.ingest.sinks.postgres import COPY_MIN_READINGS
 
     pool = make_pool(database_url, 1, 2)
     sink = PostgresSink(pool)

@@ -17,13 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.buffer import BatchBuffer
-from backend.db import make_pool
-from backend.parsing import ParseError, Reading
-from backend.replay import Replayer
-from backend.sinks import Submission
-from backend.sinks.postgres import PostgresSink
-from backend.spool import (
+from backend.ingest.buffer import BatchBuffer
+from backend.ingest.parsing import ParseError, Reading
+from backend.ingest.replay import Replayer
+from backend.ingest.sinks import Submission
+from backend.ingest.sinks.postgres import PostgresSink
+from backend.ingest.spool import (
     HEADER,
     Spool,
     SpoolFull,
@@ -36,7 +35,8 @@ from backend.spool import (
     read_checkpoint_full,
     write_checkpoint_full,
 )
-from backend.spool_checkpoint import CHECKPOINT_BYTES, SLOT_STRIDE, checkpoint_path
+from backend.ingest.spool_checkpoint import CHECKPOINT_BYTES, SLOT_STRIDE, checkpoint_path
+from backend.store.pool import make_pool
 
 BASE = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.buffer import BatchBuffer, BufferFull
-from backend.db import make_pool
-from backend.replay import Replayer
-from backend.sinks.postgres import PostgresSink
-from backend.spool import Spool, SpoolFull, list_segments
-from backend.spool_checkpoint import checkpoint_path
+from backend.ingest.buffer import BatchBuffer, BufferFull
+from backend.ingest.replay import Replayer
+from backend.ingest.sinks.postgres import PostgresSink
+from backend.ingest.spool import Spool, SpoolFull, list_segments
+from backend.ingest.spool_checkpoint import checkpoint_path
+from backend.store.pool import make_pool
 from tests.live_server import wait_for
 from tests.loadgen import record_result
 from tests.test_reliability import all_statuses, assert_honest_503s, figures, start_load
@@ -164,7 +164,7 @@ def test_replayer_error_is_logged_once_and_retried_with_growing_delays(tmp_path,
     buffer = BatchBuffer(PostgresSink(pool), batch_size=50, flush_interval=0.05)
     rep = Replayer(spool, buffer, PostgresSink(pool, replay=True), scan_interval=0.01)
     buffer.replayer = rep
-    caplog.set_level(logging.INFO, logger="backend.replay")
+    caplog.set_level(logging.INFO, logger="backend.ingest.replay")
     buffer.start()
     try:
         wait_for(lambda: len(rep.error_delays) >= 6, timeout=30)

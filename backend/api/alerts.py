@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from ..fleet.alerts import SEVERITIES, RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
-from ..fleet.auth import requires
-from ..parsing.base import MAX_DEVICE_ID_LEN
-from ..services import services
-from .params import accepts, boolean, choice, integer, text
-from .responses import error_response, json_response, now_iso
+from backend.api.params import accepts, boolean, choice, integer, text
+from backend.api.responses import error_response, json_response, now_iso
+from backend.fleet.alerts import SEVERITIES, RuleError, create_rule, delete_rule, list_alerts, list_rules, set_resolved
+from backend.fleet.auth import requires
+from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN
+from backend.services import services
 
 bp = Blueprint("alerts", __name__)
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from ..parsing import PARSER_VERSION, parser_names
-from ..services import services
-from .params import accepts
-from .responses import json_response, now_iso
+from backend.api.params import accepts
+from backend.api.responses import json_response, now_iso
+from backend.ingest.parsing import PARSER_VERSION, parser_names
+from backend.services import services
 
 bp = Blueprint("config", __name__)
 

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..fleet.auth import requires
-from ..fleet.devices import DeviceError, get_device, list_devices, patch_device, summary
-from ..parsing.base import MAX_DEVICE_ID_LEN
-from ..services import services
-from .params import ParamError, accepts, check_text, choice, integer
-from .responses import error_response, json_response, now_iso
+from backend.api.params import ParamError, accepts, check_text, choice, integer
+from backend.api.responses import error_response, json_response, now_iso
+from backend.fleet.auth import requires
+from backend.fleet.devices import DeviceError, get_device, list_devices, patch_device, summary
+from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN
+from backend.services import services
 
 bp = Blueprint("devices", __name__)
 

@@ -18,13 +18,13 @@ import orjson
 from flask import Blueprint, Response
 from psycopg import sql
 
-from ..fleet.auth import PUBLIC, requires
-from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
-from ..query import ReadingQuery, fetch_wide, hours_before, iso, shift
-from ..services import services
-from .params import accepts, integer, number, text, text_list, timestamp
-from .responses import json_response, now_iso
-from .telemetry import INGEST_PARAMS, run_ingest
+from backend.api.params import accepts, integer, number, text, text_list, timestamp
+from backend.api.responses import json_response, now_iso
+from backend.api.telemetry import INGEST_PARAMS, run_ingest
+from backend.fleet.auth import PUBLIC, requires
+from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from backend.services import services
+from backend.store.queries import ReadingQuery, fetch_wide, hours_before, iso, shift
 
 bp = Blueprint("fluxio", __name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from ..services import services
-from ..sinks import TransientSinkError
-from .responses import json_response, now_iso
+from backend.api.responses import json_response, now_iso
+from backend.ingest.sinks import TransientSinkError
+from backend.services import services
 
 bp = Blueprint("health", __name__)
 

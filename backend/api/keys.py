@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..fleet.auth import requires
-from ..fleet.auth.keys import KeyRequestError, create_key, list_keys, revoke_key
-from ..services import services
-from .params import ParamError, accepts, boolean, check_text
-from .responses import error_response, json_response, now_iso
+from backend.api.params import ParamError, accepts, boolean, check_text
+from backend.api.responses import error_response, json_response, now_iso
+from backend.fleet.auth import requires
+from backend.fleet.auth.keys import KeyRequestError, create_key, list_keys, revoke_key
+from backend.services import services
 
 bp = Blueprint("keys", __name__)
 

@@ -29,8 +29,8 @@ from typing import Any
 
 from flask import Response, request
 
-from ..query import QueryError, parse_bool, parse_int, parse_time_param
-from .responses import error_response
+from backend.api.responses import error_response
+from backend.store.queries import QueryError, parse_bool, parse_int, parse_time_param
 
 MAX_TEXT_LEN = 200
 MAX_LIST_ITEMS = 1000

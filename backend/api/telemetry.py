@@ -6,10 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from ..fleet.auth import guard_for, request_identity
-from ..ingest import IngestError, ingest
-from ..parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
-from ..query import (
+from backend.api.params import accepts, boolean, choice, integer, number, text, text_list, timestamp
+from backend.api.responses import error_response, json_response, now_iso
+from backend.fleet.auth import guard_for, request_identity
+from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from backend.ingest.pipeline import IngestError, ingest
+from backend.services import services
+from backend.store.queries import (
     AGGREGATES,
     BUCKETS,
     MAX_LIMIT,
@@ -21,9 +24,6 @@ from ..query import (
     fetch_readings,
     fetch_wide,
 )
-from ..services import services
-from .params import accepts, boolean, choice, integer, number, text, text_list, timestamp
-from .responses import error_response, json_response, now_iso
 
 bp = Blueprint("telemetry", __name__)
 
@@ -39,8 +39,10 @@ def run_ingest(p: dict[str, Any], fmt: str | None = None, default_device_id: str
     """`p`: the values of INGEST_PARAMS."""
     svc = services()
     try:
+        ident = request_identity()
         outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=p["store"], fmt=fmt,
-                         device_guard=guard_for(request_identity()), default_device_id=default_device_id)
+                         device_guard=guard_for(ident), key_id=getattr(ident, "key_id", None),
+                         default_device_id=default_device_id)
     except IngestError as exc:
         return error_response(exc.status, exc.message, exc.retry_after)
     return json_response(outcome.body, outcome.status, outcome.headers)

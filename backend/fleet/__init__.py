@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from flask import Flask
 from psycopg_pool import ConnectionPool
 
-from ..config import Config
-from ..observers import WriteObservers
-from ..ratelimit import RateLimits
-from .alerts import AlertEngine, WebhookSender
-from .auth import KeyStore, install_auth
+from backend.config import Config
+from backend.fleet.alerts import AlertEngine, WebhookSender
+from backend.fleet.auth import KeyStore, install_auth
+from backend.fleet.ratelimit import RateLimits
+from backend.ingest.observers import WriteObservers
 
 CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Content-Encoding", "X-Device-Id"]
 
@@ -43,7 +43,7 @@ def init_fleet(app: Flask, cfg: Config, pool: ConnectionPool, observers: WriteOb
     `sink_available` is false while the write path knows the database is down: the key
     store then answers at once instead of waiting on it.
     """
-    from ..api import alerts, devices, fluxio, keys
+    from backend.api import alerts, devices, fluxio, keys
 
     if cfg.proxy_fix_hops > 0:
         # Behind nginx: take the client address from X-Forwarded-For (per-IP limits need it).

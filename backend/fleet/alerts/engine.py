@@ -25,12 +25,12 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from ...parsing import Reading
-from ...sinks import Submission, WriteResult
-from .rules import REPLAY_WINDOW, RuleSet, State, alert_message, iso, step
-from .silence import SilenceCheck
-from .store import ALERT_COLUMNS, alert_dict, list_rules
-from .webhooks import WebhookSender
+from backend.fleet.alerts.rules import REPLAY_WINDOW, RuleSet, State, alert_message, iso, step
+from backend.fleet.alerts.silence import SilenceCheck
+from backend.fleet.alerts.store import ALERT_COLUMNS, alert_dict, list_rules
+from backend.fleet.alerts.webhooks import WebhookSender
+from backend.ingest.parsing import Reading
+from backend.ingest.sinks import Submission, WriteResult
 
 log = logging.getLogger(__name__)
 

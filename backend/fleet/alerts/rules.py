@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
-from ...parsing.base import DEVICE_RE, NAME_RE
+from backend.ingest.parsing.base import DEVICE_RE, NAME_RE
 
 RULE_TYPES = ("above", "below", "outside", "silent")
 SEVERITIES = ("info", "warning", "critical")

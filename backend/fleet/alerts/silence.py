@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from .store import ALERT_COLUMNS, alert_dict
+from backend.fleet.alerts.store import ALERT_COLUMNS, alert_dict
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .rules import Rule, RuleError, iso, parse_rule
-from .webhooks import url_refusal
+from backend.fleet.alerts.rules import Rule, RuleError, iso, parse_rule
+from backend.fleet.alerts.webhooks import url_refusal
 
 ALERT_COLUMNS = ("id, rule_id, device_id, metric, alert_type, severity, message, threshold_value, actual_value,"
                  " triggered_at, created_at, is_resolved, resolved_at, resolved_by, resolved_value, notified_at,"

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from ...config import Config
-from .keys import KeyRequestError, create_key, list_keys, revoke_key
+from backend.config import Config
+from backend.fleet.auth.keys import KeyRequestError, create_key, list_keys, revoke_key
 
 # backend.cli.resolve_database_url: (url, handle keeping an embedded server alive)
 ResolveUrl = Callable[[Config], tuple[str, Any]]
@@ -39,7 +39,7 @@ def add_key_commands(sub: argparse._SubParsersAction, resolve_url: ResolveUrl) -
 
 
 def _connect(resolve_url: ResolveUrl) -> tuple[psycopg.Connection, Any]:
-    from ...migrations import migrate
+    from backend.store.migrations import migrate
 
     url, handle = resolve_url(Config.from_env())
     migrate(url)

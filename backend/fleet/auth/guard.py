@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from .keystore import Identity
+from backend.fleet.auth.keystore import Identity
 
 SHOWN = 5  # device ids named in the answer; the rest are counted
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from flask import Flask, Request, Response, g, request
 
-from ...api.responses import error_response
-from ...config import Config
-from ...ratelimit import RateLimits
-from .keystore import OPEN, AuthUnavailable, Identity, KeyStore
+from backend.api.responses import error_response
+from backend.config import Config
+from backend.fleet.auth.keystore import OPEN, AuthUnavailable, Identity, KeyStore
+from backend.fleet.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from ...parsing.base import DEVICE_RE
+from backend.ingest.parsing.base import DEVICE_RE
 
 SCOPES = ("ingest", "read", "admin")
 KEY_PREFIX = "tk_"

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from .keys import hash_key
+from backend.fleet.auth.keys import hash_key
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from . import faults
-from .sinks import Sink, Submission, TransientSinkError, WriteResult
+from backend.ingest import faults
+from backend.ingest.sinks import Sink, Submission, TransientSinkError, WriteResult
 
 log = logging.getLogger(__name__)
 

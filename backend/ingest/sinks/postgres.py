@@ -16,7 +16,7 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .base import Submission, TransientSinkError, WriteResult
+from backend.ingest.sinks.base import Submission, TransientSinkError, WriteResult
 
 log = logging.getLogger(__name__)
 

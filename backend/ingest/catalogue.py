@@ -30,9 +30,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .buffer import DeadlineRunner, WriteTimeout
-from .parsing import ParseError, Reading
-from .parsing.base import Message
+from backend.ingest.buffer import DeadlineRunner, WriteTimeout
+from backend.ingest.parsing import ParseError, Reading
+from backend.ingest.parsing.base import Message
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Input formats. Importing the package registers every format module in it."""
 
-from . import json_format, raw  # noqa: F401  (imported for their register() side effect)
-from .base import (
+from backend.ingest.parsing import json_format, raw  # noqa: F401  (imported for their register() side effect)
+from backend.ingest.parsing.base import (
     PARSER_VERSION,
     ParseContext,
     ParseError,

@@ -12,7 +12,7 @@ import threading
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .partitions import ensure_partitions
+from backend.store.partitions import ensure_partitions
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from .sinks import Sink, Submission, TransientSinkError, WriteResult
-from .spool import (
+from backend.ingest.sinks import Sink, Submission, TransientSinkError, WriteResult
+from backend.ingest.spool import (
     CORRUPT_DIR,
     SEGMENT_RE,
     Adoption,
@@ -340,8 +340,8 @@ def spool_root(cfg: Any) -> Path | None:
 
 def setup_spool(buffer: Any, cfg: Any, pool: Any) -> Spool | None:
     """Give the buffer its spool and replayer (started with the buffer); None when off or unusable."""
-    from . import faults
-    from .sinks.postgres import PostgresSink
+    from backend.ingest import faults
+    from backend.ingest.sinks.postgres import PostgresSink
 
     root = spool_root(cfg)
     faults.configure(cfg.fault_point, cfg.testing, root or Path(cfg.data_dir))

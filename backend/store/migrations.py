@@ -14,7 +14,7 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 LOCK_KEY = 0x7E1E_0001  # arbitrary, constant across releases
 
 

@@ -36,7 +36,7 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from .api.responses import error_response
+from backend.api.responses import error_response
 
 log = logging.getLogger(__name__)
 NAMESPACE = "telemetry"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from .base import Message
+from backend.ingest.parsing.base import Message
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)

@@ -50,15 +50,15 @@ from typing import Any
 
 import orjson
 
-from .parsing import ParseError, Reading
-from .sinks import Submission
-from .spool_checkpoint import (
+from backend.ingest.parsing import ParseError, Reading
+from backend.ingest.sinks import Submission
+from backend.ingest.spool_checkpoint import (
     CHECKPOINT_SUFFIX,
     checkpoint_path,
     create_checkpoint,
     read_checkpoint_full,
 )
-from .spool_checkpoint import write_checkpoint_full as write_checkpoint_full  # re-exported
+from backend.ingest.spool_checkpoint import write_checkpoint_full as write_checkpoint_full  # re-exported
 
 log = logging.getLogger(__name__)
 

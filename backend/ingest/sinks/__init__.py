@@ -1,5 +1,5 @@
 """Storage sinks. A new sink is one module here implementing `Sink`."""
 
-from .base import Sink, Submission, TransientSinkError, WriteResult
+from backend.ingest.sinks.base import Sink, Submission, TransientSinkError, WriteResult
 
 __all__ = ["Sink", "Submission", "TransientSinkError", "WriteResult"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .base import (
+from backend.ingest.parsing.base import (
     InvalidValue,
     ParseContext,
     ParseError,

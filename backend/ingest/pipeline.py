@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Request, g
+from flask import Request
 
-from . import admission
-from .api.responses import body_error_text, body_read_errors
-from .buffer import BatchBuffer, BufferFull
-from .catalogue import CatalogueLimit, FieldCatalogue
-from .config import Config
-from .parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
-from .parsing.base import DEVICE_RE, Message
-from .parsing.server_time import assign_server_times
-from .query import iso
-from .sinks import Submission
+from backend.api.responses import body_error_text, body_read_errors
+from backend.config import Config
+from backend.ingest import admission
+from backend.ingest.buffer import BatchBuffer, BufferFull
+from backend.ingest.catalogue import CatalogueLimit, FieldCatalogue
+from backend.ingest.parsing import PARSER_VERSION, ParseContext, ParseError, get_parser, parser_for_content_type
+from backend.ingest.parsing.base import DEVICE_RE, Message
+from backend.ingest.parsing.server_time import assign_server_times
+from backend.ingest.sinks import Submission
+from backend.store.queries import iso
 
 # Said in every answer that has server-timed messages, so a client reading its answer learns
 # why its readings' times differ by microseconds (README, "What a 2xx means").
@@ -124,6 +124,7 @@ def ingest(
     fmt: str | None = None,
     device_guard: Callable[[Iterable[str]], str | None] | None = None,
     default_device_id: str | None = None,
+    key_id: str | None = None,
 ) -> IngestOutcome:
     """Parse, validate and (when `store`) durably accept one request's readings."""
     received = datetime.now(UTC)
@@ -143,7 +144,7 @@ def ingest(
     sent = {m.position: len(m.readings) for m in result.messages}
     try:
         messages, type_errors, typed = catalogue.check(
-            result.messages, key_id=_key_id(),
+            result.messages, key_id=key_id,
             timeout=min(catalogue.timeout, _time_left(cfg, started) / 2))
     except CatalogueLimit as exc:
         raise IngestError(exc.status, exc.message, retry_after=exc.retry_after) from exc
@@ -250,12 +251,6 @@ def _account(body_out: dict[str, Any], sub: Submission, readings: list, position
 
 def _time_left(cfg: Config, started: float) -> float:
     return max(0.1, cfg.ack_timeout - (time.monotonic() - started))
-
-
-def _key_id() -> str | None:
-    """The API key the catalogue counts new metric names against (set by backend/auth.py)."""
-    ident = (g.get("_fleet_identity") or (None, ""))[0]
-    return getattr(ident, "key_id", None)
 
 
 def _seed_parsed_data(msg: Message, cfg: Config) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import (
+from backend.ingest.parsing.base import (
     InvalidValue,
     ParseContext,
     ParseError,

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .sinks import Submission, WriteResult
+from backend.ingest.sinks import Submission, WriteResult
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from ..parsing import ParseError, Reading
+from backend.ingest.parsing import ParseError, Reading
 
 
 class TransientSinkError(RuntimeError):
