@@ -94,6 +94,7 @@ class Config:
     client_header_timeout: float = 10.0
     client_body_timeout: float = 20.0
     client_body_min_rate: int = 500
+    client_buffer_max_bytes: int = 64 * 1024 * 1024
     log_level: str = "INFO"
     testing: bool = False
     # Fault injection, only honoured when testing is on (see docs/reliability.md).
@@ -158,6 +159,7 @@ class Config:
             client_header_timeout=_float(g("CLIENT_HEADER_TIMEOUT"), 10.0),
             client_body_timeout=_float(g("CLIENT_BODY_TIMEOUT"), 20.0),
             client_body_min_rate=_int(g("CLIENT_BODY_MIN_RATE"), 500),
+            client_buffer_max_bytes=_int(g("CLIENT_BUFFER_MAX_BYTES"), 64 * 1024 * 1024),
             log_level=g("LOG_LEVEL", "INFO"),
             testing=_bool(g("TESTING"), False),
             fault_point=g("FAULT_POINT", ""),

@@ -65,6 +65,7 @@ class Reading:
     length: int | None = None  # Content-Length; None: chunked
     chunk_pos: int = 0  # where the next chunk-size line starts (chunked bodies)
     sent_anything: bool = False
+    claim: int = 0  # bytes counted against the worker's budget: received, or announced if more
 
 
 class BufferingThreadWorker(ThreadWorker):
@@ -86,6 +87,9 @@ class BufferingThreadWorker(ThreadWorker):
         self.body_timeout = cfg.client_body_timeout
         self.body_min_rate = max(1, cfg.client_body_min_rate)
         self.body_limit = cfg.max_body_bytes
+        # Bytes held for requests still arriving, all connections of this worker together.
+        self.buffer_limit = max(MAX_HEADER_BYTES, cfg.client_buffer_max_bytes)
+        self.buffered = 0
         self.reading: dict[TConn, Reading] = {}
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_reading = max(16, min(MAX_READING, (soft - 64) // 2)) if soft > 0 else MAX_READING
@@ -120,6 +124,7 @@ class BufferingThreadWorker(ThreadWorker):
             self._close(next(iter(self.reading)))  # the oldest: slow clients are the old ones
         self.reading[conn] = Reading(bytearray(data), time.monotonic() + self.header_timeout,
                                      sent_anything=bool(data))
+        self._claim(self.reading[conn], len(data))
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         if data:
             self._advance(conn, self.reading[conn])
@@ -144,6 +149,9 @@ class BufferingThreadWorker(ThreadWorker):
             return
         st.buf += data
         st.sent_anything = True
+        if not self._claim(st, len(st.buf)):
+            self._refuse_busy(conn)
+            return
         self._advance(conn, st)
 
     # --- is the request complete? ---------------------------------------------------------
@@ -164,6 +172,9 @@ class BufferingThreadWorker(ThreadWorker):
                 self._hand_over(conn)
                 return
             st.length = None if framing == -1 else framing
+            if st.length is not None and not self._claim(st, st.head_end + st.length):
+                self._refuse_busy(conn)  # from its Content-Length, before its body takes room
+                return
             if expects_continue(bytes(st.buf[:end])):
                 # The client waits for this before it sends the body; gunicorn would only send
                 # it from a thread. Its header goes so that gunicorn does not send a second one.
@@ -207,6 +218,7 @@ class BufferingThreadWorker(ThreadWorker):
 
     def _hand_over(self, conn: TConn) -> None:
         st = self.reading.pop(conn)
+        self.buffered -= st.claim
         self.poller.unregister(conn.sock)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
@@ -215,9 +227,21 @@ class BufferingThreadWorker(ThreadWorker):
         self.nr_conns += 1
         super().enqueue_req(conn)
 
-    def _refuse(self, conn: TConn, status: int, reason: str, message: str) -> None:
-        body = json.dumps({"error": message, "status": status}).encode()
-        self._send(conn, (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+    def _claim(self, st: Reading, nbytes: int) -> bool:
+        """Count up to `nbytes` for this connection; False when the worker's budget is spent."""
+        if nbytes > st.claim:
+            self.buffered += nbytes - st.claim
+            st.claim = nbytes
+        return self.buffered <= self.buffer_limit
+
+    def _refuse_busy(self, conn: TConn) -> None:
+        self._refuse(conn, 503, "Service Unavailable", "too many request bytes arriving at once"
+                     f" (CLIENT_BUFFER_MAX_BYTES={self.buffer_limit}); not stored, retry later", retry_after=2)
+
+    def _refuse(self, conn: TConn, status: int, reason: str, message: str, retry_after: int | None = None) -> None:
+        body = json.dumps({"success": False, "error": message, "status": status}).encode()
+        extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""
+        self._send(conn, (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
         self._close(conn)
 
@@ -228,7 +252,9 @@ class BufferingThreadWorker(ThreadWorker):
             pass
 
     def _close(self, conn: TConn) -> None:
-        if self.reading.pop(conn, None) is not None:
+        st = self.reading.pop(conn, None)
+        if st is not None:
+            self.buffered -= st.claim
             try:
                 self.poller.unregister(conn.sock)
             except (KeyError, ValueError):

@@ -119,3 +119,39 @@ def recv_all(s: socket.socket) -> bytes:
     while chunk := s.recv(65536):
         out += chunk
     return out
+
+
+def test_bytes_of_requests_still_arriving_are_bounded_per_worker(make_live_server):
+    # Two bodies of 120 kB announced by Content-Length, each sent half-way and held: the
+    # second does not fit in a 200 kB budget and is refused before its body takes room,
+    # with 503 + Retry-After; a small request still goes in beside the first.
+    server = make_live_server(env={**SLOW_ENV, "CLIENT_BUFFER_MAX_BYTES": "200000"}, workers=1, threads=2)
+    body = b"alt:1\n" * 20_000  # 120 kB
+
+    def start(device: str) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall((f"POST /telemetry/parse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.api_key}\r\n"
+                   f"Content-Type: text/plain\r\nX-Device-Id: {device}\r\nContent-Length: {len(body)}\r\n\r\n"
+                   ).encode() + body[: len(body) // 2])
+        return s
+
+    first = start("held")
+    try:
+        wait_for(lambda: requests.get(server.url + "/health", timeout=5).status_code == 200, timeout=10)
+        second = start("refused")
+        resp = http.client.HTTPResponse(second)
+        resp.begin()
+        answer = json.loads(resp.read())
+        assert resp.status == 503 and int(resp.getheader("Retry-After")) >= 1
+        assert "CLIENT_BUFFER_MAX_BYTES" in answer["error"]
+        second.close()
+        small = requests.post(server.url + "/telemetry/parse", data="alt:2", timeout=10,
+                              headers={**server.headers(), "Content-Type": "text/plain", "X-Device-Id": "small"})
+        assert small.status_code == 200, small.text
+        first.sendall(body[len(body) // 2:])  # the held body completes and is stored
+        resp = http.client.HTTPResponse(first)
+        resp.begin()
+        assert resp.status == 200, resp.read()[:300]
+    finally:
+        first.close()
+    assert server.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'refused'")[0][0] == 0
