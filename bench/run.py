@@ -14,6 +14,8 @@ What it does, in one run on one machine (see docs/benchmarks.md for the figures)
    table, then VACUUM ANALYZE): last 100 readings of one device, and a 24-hour average per
    1-minute bucket of one metric, p50/p99 over HTTP.
 4. Peak RSS per gunicorn worker during 1 and 2; 5. the CPU the load generator took.
+6. Eight concurrent largest bodies (344,000 readings each) at one worker: peak RSS with the
+   MAX_READINGS_IN_FLIGHT bound and without it (bench/bigbodies.py).
 
 Each run uses a fresh database (bench_<time>_<pid>) that is dropped at the end. The
 PostgreSQL server comes from --admin-url, BENCH_DATABASE_URL, DATABASE_URL or
@@ -46,6 +48,8 @@ import psycopg
 from backend.store.migrations import migrate
 from backend.store.partitions import ensure_partitions
 
+from .bigbodies import big_bodies
+from .bigbodies import render as render_big_bodies
 from .dataset import (
     QUERY_PREFIX,
     SEED_SCHEMA,
@@ -351,6 +355,9 @@ class Bench:
             r["batched"] = {kind: _median_round(rs) for kind, rs in runs.items()}
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
+            srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
+            r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
+                                         self.workdir / "big", self.plan.quick)
             r["service_log_tail"] = srv.log_tail(15)
         finally:
             for server in servers.values():
@@ -660,6 +667,8 @@ def render(r: dict[str, Any]) -> str:
                      f" {x['p99_ms']:.1f} ms | {x['max_ms']:.1f} ms | {_n(x['load_rps'])} |"
                      f" {x['load_p50_ms']:.1f} / {x['load_p99_ms']:.1f} ms |"
                      f" {_stolen(x)} |")
+    if "big_bodies" in r:
+        lines += render_big_bodies(r["big_bodies"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

@@ -130,3 +130,22 @@ def test_a_big_catalogue_is_not_loaded_by_a_fresh_worker(make_live_server, datab
                                   " ORDER BY 1") == [("alt",), ("bulk_7",), ("gps_lat",)], timeout=30)
     r = server.post("/telemetry/parse", data="bulk_8:high", headers={**RAW, "X-Device-Id": "fresh"})
     assert r.status_code == 400 and "metric is number" in r.json()["rejected"][0]["reason"], r.text
+
+
+def test_names_that_cannot_be_checked_during_an_outage_are_bounded_too(make_live_server, db_proxy):
+    # With the database down, new names go unchecked into the spool (the replayer registers
+    # them); beyond MAX_NEW_FIELDS_PER_REQUEST that would be unbounded growth later: 503.
+    server = make_live_server(env={"DATABASE_URL": db_proxy.url, "MAX_NEW_FIELDS_PER_REQUEST": "5"}, workers=1)
+    dev = {**RAW, "X-Device-Id": "outage"}
+    assert server.post("/telemetry/parse", data="alt:1", headers=dev).status_code == 200
+    db_proxy.down()
+    try:
+        r = server.post("/telemetry/parse", data=new_names("unchecked", 6), headers=dev)
+        assert r.status_code == 503, r.text
+        assert "MAX_NEW_FIELDS_PER_REQUEST" in r.json()["error"] and int(r.headers["Retry-After"]) >= 1
+        r = server.post("/telemetry/parse", data=new_names("few", 3), headers=dev)
+        assert r.status_code == 200 and r.json()["durability"] == "spooled", r.text
+    finally:
+        db_proxy.up()
+    wait_for(lambda: fields_like(server, "few") == 3, timeout=60)
+    assert fields_like(server, "unchecked") == 0
