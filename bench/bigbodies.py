@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import psycopg
 
-    from backend.migrations import migrate
-    from backend.partitions import ensure_partitions
+    from backend.store.migrations import migrate
+    from backend.store.partitions import ensure_partitions
 
     from .run import resolve_admin_url, with_dbname
 
