@@ -20,7 +20,7 @@ __all__ = ["create_app", "Config"]
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
-    from backend.api import config_routes, health, telemetry
+    from backend.api import config_routes, health, request_id, telemetry
     from backend.api.responses import error_response
     from backend.ingest.buffer import BatchBuffer
     from backend.ingest.catalogue import FieldCatalogue
@@ -77,6 +77,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
+    request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     from backend.fleet import init_fleet
     from backend.fleet.ratelimit import make_rate_limits
 

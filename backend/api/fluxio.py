@@ -14,13 +14,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response
 from psycopg import sql
 
+from backend.api.ingest_http import INGEST_PARAMS, run_ingest
 from backend.api.params import accepts, integer, number, text, text_list, timestamp
 from backend.api.responses import json_response, now_iso
-from backend.api.telemetry import INGEST_PARAMS, run_ingest
 from backend.fleet.auth import PUBLIC, requires
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from backend.services import services
@@ -33,21 +32,11 @@ SEED002_DEVICE = "default"  # seed 002's producer names no device
 MAX_SERIES_POINTS = 200_000
 
 
-def _augment(resp: Response, **extra: Any) -> Response:
-    """Add seed-specific keys to a successful ingest answer."""
-    if resp.status_code not in (200, 207):
-        return resp
-    body = orjson.loads(resp.get_data())
-    body.update(extra)
-    resp.set_data(orjson.dumps(body))
-    return resp
-
-
 @bp.post("/api/ingest")
 @requires("ingest")
 @accepts(*INGEST_PARAMS)
 def fluxio_ingest(p: dict[str, Any]) -> Response:
-    return _augment(run_ingest(p, fmt="json"), message="Data ingested successfully")
+    return run_ingest(p, fmt="json", extra={"message": "Data ingested successfully"})
 
 
 @bp.get("/api/ingest")
@@ -97,7 +86,7 @@ def flow_data(p: dict[str, Any]) -> Response:
 @requires("ingest")
 @accepts(*INGEST_PARAMS)
 def seed002_ingest(p: dict[str, Any]) -> Response:
-    return _augment(run_ingest(p, fmt="json", default_device_id=SEED002_DEVICE), status="success")
+    return run_ingest(p, fmt="json", default_device_id=SEED002_DEVICE, extra={"status": "success"})
 
 
 @bp.get("/api/telemetry")

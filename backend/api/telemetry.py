@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
+from backend.api.ingest_http import INGEST_PARAMS, run_ingest
 from backend.api.params import accepts, boolean, choice, integer, number, text, text_list, timestamp
 from backend.api.responses import error_response, json_response, now_iso
-from backend.fleet.auth import guard_for, request_identity
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
-from backend.ingest.pipeline import IngestError, ingest
 from backend.services import services
 from backend.store.queries import (
     AGGREGATES,
@@ -26,27 +25,6 @@ from backend.store.queries import (
 )
 
 bp = Blueprint("telemetry", __name__)
-
-# The query parameters of every ingest endpoint (also /api/ingest and /api/telemetry).
-INGEST_PARAMS = (
-    boolean("store", True),
-    text("format", max_len=40),  # checked against the parsers by ingest.pick_parser (415)
-    text("device_id", max_len=MAX_DEVICE_ID_LEN),  # the default device (ingest.default_device)
-)
-
-
-def run_ingest(p: dict[str, Any], fmt: str | None = None, default_device_id: str | None = None) -> Response:
-    """`p`: the values of INGEST_PARAMS."""
-    svc = services()
-    try:
-        ident = request_identity()
-        outcome = ingest(request, svc.config, svc.buffer, svc.catalogue, store=p["store"], fmt=fmt,
-                         device_guard=guard_for(ident), key_id=getattr(ident, "key_id", None),
-                         default_device_id=default_device_id)
-    except IngestError as exc:
-        return error_response(exc.status, exc.message, exc.retry_after)
-    return json_response(outcome.body, outcome.status, outcome.headers)
-
 
 @bp.post("/telemetry/parse")
 @accepts(*INGEST_PARAMS)
@@ -110,7 +88,7 @@ def flush() -> Response:
     status = svc.buffer.status()
     if not ok:
         return error_response(503, "flush did not finish; pending readings stay buffered", retry_after=5,
-                              batch_status=status)
+                              reason="flush_timeout", batch_status=status)
     return json_response({"success": True, "message": "Batch flushed successfully",
                           "batch_status": status, "timestamp": now_iso()})
 

@@ -29,20 +29,36 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
 
-from flask import Response, has_request_context, request
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from backend.api.responses import error_response
+from backend.config import Config
 
 log = logging.getLogger(__name__)
 NAMESPACE = "telemetry"
 REDIS_RETRY_S = 5.0
-# Checked here rather than in each caller, so no path of the auth hook can count them.
+# Checked here (callers pass the endpoint) rather than in each caller, so no path of the
+# auth hook can count them.
 EXEMPT_ENDPOINTS = frozenset({"health.health"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a request may go on; when not, which limit it hit and when to come back.
+
+    The HTTP answer (429 + Retry-After) is built by the auth hook (fleet/auth/hooks.py).
+    """
+
+    allowed: bool
+    limit: str = ""  # e.g. "6000 per 1 minute"
+    budget: str = ""  # "key" or "ip"
+    retry_after: int = 0
+
+
+ALLOWED = Decision(True)
 
 
 class RateLimits:
@@ -62,20 +78,23 @@ class RateLimits:
     def enabled(self) -> bool:
         return self.per_key is not None or self.per_ip is not None
 
-    def check_key(self, key_id: str) -> Response | None:
-        return self._check(self.per_key, "key:" + key_id) if self.per_key is not None else None
+    def check_key(self, key_id: str, endpoint: str | None = None) -> Decision:
+        if self.per_key is None or endpoint in EXEMPT_ENDPOINTS:
+            return ALLOWED
+        return self._check(self.per_key, "key", key_id)
 
-    def check_ip(self, address: str | None) -> Response | None:
-        return self._check(self.per_ip, "ip:" + (address or "unknown")) if self.per_ip is not None else None
+    def check_ip(self, address: str | None, endpoint: str | None = None) -> Decision:
+        if self.per_ip is None or endpoint in EXEMPT_ENDPOINTS:
+            return ALLOWED
+        return self._check(self.per_ip, "ip", address or "unknown")
 
     def _limiter(self) -> FixedWindowRateLimiter:
         if self.shared is not None and time.monotonic() >= self._redis_down_until:
             return self.shared
         return self.memory
 
-    def _check(self, item: RateLimitItem, bucket: str) -> Response | None:
-        if has_request_context() and request.endpoint in EXEMPT_ENDPOINTS:
-            return None
+    def _check(self, item: RateLimitItem, budget: str, who: str) -> Decision:
+        bucket = f"{budget}:{who}"
         limiter = self._limiter()
         try:
             allowed = limiter.hit(item, NAMESPACE, bucket)
@@ -88,7 +107,7 @@ class RateLimits:
             limiter = self.memory
             allowed = limiter.hit(item, NAMESPACE, bucket)
         if allowed:
-            return None
+            return ALLOWED
         self.stats["limited"] += 1
         retry_after = 1
         try:
@@ -96,9 +115,8 @@ class RateLimits:
             retry_after = max(1, math.ceil(reset_at - time.time()))
         except Exception:  # noqa: BLE001 - 1 s is a safe hint
             pass
-        return error_response(429, f"rate limit exceeded ({item}); retry after {retry_after} s",
-                              retry_after=retry_after)
+        return Decision(False, str(item), budget, retry_after)
 
 
-def make_rate_limits(cfg: Any) -> RateLimits:
+def make_rate_limits(cfg: Config) -> RateLimits:
     return RateLimits(cfg.rate_limit_default, cfg.rate_limit_ip, cfg.redis_url)

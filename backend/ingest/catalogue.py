@@ -42,9 +42,9 @@ WINDOW_S = 3600.0
 class CatalogueLimit(Exception):
     """A request would introduce more new metric names than a bound allows (or than can be checked now)."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+    def __init__(self, kind: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind  # too_many_new_fields | new_field_quota | catalogue_unchecked (api/ maps them to statuses)
         self.message = message
         self.retry_after = retry_after
 
@@ -199,9 +199,10 @@ class FieldCatalogue:
 
     def _register(self, conn: Any, new: dict[str, str], key_id: str | None) -> None:
         if 0 < self.max_new_per_request < len(new):
-            raise CatalogueLimit(400, f"the body has {len(new)} new metric names (not yet in the field catalogue);"
-                                      f" at most MAX_NEW_FIELDS_PER_REQUEST={self.max_new_per_request} per request;"
-                                      f" nothing was stored (e.g. {', '.join(sorted(new)[:3])})")
+            raise CatalogueLimit("too_many_new_fields",
+                f"the body has {len(new)} new metric names (not yet in the field catalogue);"
+                f" at most MAX_NEW_FIELDS_PER_REQUEST={self.max_new_per_request} per request;"
+                f" nothing was stored (e.g. {', '.join(sorted(new)[:3])})")
         with conn.transaction():
             limit = self.max_new_per_key_hour
             if key_id is not None and limit > 0:
@@ -214,9 +215,10 @@ class FieldCatalogue:
                 ).fetchone()
                 if used + len(new) > limit:
                     raise CatalogueLimit(
-                        429, f"this API key introduced {used} new metric names in the last hour and this body has"
-                             f" {len(new)} more; at most MAX_NEW_FIELDS_PER_KEY_PER_HOUR={limit}; nothing was stored,"
-                             " retry later", retry_after=int(min(WINDOW_S, max(1, wait_s or 1))))
+                        "new_field_quota",
+                        f"this API key introduced {used} new metric names in the last hour and this body has"
+                        f" {len(new)} more; at most MAX_NEW_FIELDS_PER_KEY_PER_HOUR={limit}; nothing was stored,"
+                        " retry later", retry_after=int(min(WINDOW_S, max(1, wait_s or 1))))
             conn.execute(
                 "INSERT INTO telemetry_fields (name, value_type, api_key_id)"
                 " SELECT n, t, %s FROM unnest(%s::text[], %s::text[]) AS u(n, t) ORDER BY 1"
@@ -236,10 +238,11 @@ class FieldCatalogue:
         """Bound what goes unchecked while the database cannot be asked (some may be known names)."""
         names = {self._aliases.get(sent, sent) for sent in missing}
         if 0 < self.max_new_per_request < len(names):
-            raise CatalogueLimit(503, f"the body has {len(names)} metric names this worker cannot check against the"
-                                      " field catalogue now (database unreachable); at most"
-                                      f" MAX_NEW_FIELDS_PER_REQUEST={self.max_new_per_request} go unchecked;"
-                                      " not stored, retry later", retry_after=5)
+            raise CatalogueLimit("catalogue_unchecked",
+                f"the body has {len(names)} metric names this worker cannot check against the"
+                " field catalogue now (database unreachable); at most"
+                f" MAX_NEW_FIELDS_PER_REQUEST={self.max_new_per_request} go unchecked;"
+                " not stored, retry later", retry_after=5)
         limit = self.max_new_per_key_hour
         if key_id is None or limit <= 0:
             return
@@ -250,9 +253,10 @@ class FieldCatalogue:
                 del seen[name]
             fresh = names.difference(seen)
             if len(seen) + len(fresh) > limit:
-                raise CatalogueLimit(503, f"this API key sent {len(seen) + len(fresh)} metric names in the last hour"
-                                          " that cannot be checked against the field catalogue now (database"
-                                          f" unreachable); at most MAX_NEW_FIELDS_PER_KEY_PER_HOUR={limit};"
-                                          " not stored, retry later", retry_after=5)
+                raise CatalogueLimit("catalogue_unchecked",
+                    f"this API key sent {len(seen) + len(fresh)} metric names in the last hour"
+                    " that cannot be checked against the field catalogue now (database"
+                    f" unreachable); at most MAX_NEW_FIELDS_PER_KEY_PER_HOUR={limit};"
+                    " not stored, retry later", retry_after=5)
             for name in fresh:
                 seen[name] = now

@@ -22,7 +22,7 @@ from flask import Flask, Request, Response, g, request
 from backend.api.responses import error_response
 from backend.config import Config
 from backend.fleet.auth.keystore import OPEN, AuthUnavailable, Identity, KeyStore
-from backend.fleet.ratelimit import RateLimits
+from backend.fleet.ratelimit import Decision, RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ def required_scope(app: Flask, endpoint: str, method: str) -> str:
     return "read" if method in ("GET", "HEAD") else "admin"
 
 
+def rate_limited_response(decision: Decision) -> Response:
+    return error_response(429, f"rate limit exceeded ({decision.limit}); retry after {decision.retry_after} s",
+                          retry_after=decision.retry_after, reason=f"rate_limited_{decision.budget}")
+
+
 def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | None = None) -> None:
     """Check every request's key and scope, and count it against its rate limit.
 
@@ -102,6 +107,12 @@ def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | 
     if limits is not None and not limits.enabled:
         limits = None
 
+    def limit_ip() -> Response | None:
+        if limits is None:
+            return None
+        decision = limits.check_ip(request.remote_addr, request.endpoint)
+        return None if decision.allowed else rate_limited_response(decision)
+
     @app.before_request
     def _authenticate() -> Response | None:
         if request.method == "OPTIONS":
@@ -112,22 +123,22 @@ def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | 
             # Public endpoints, 404/405, or auth switched off: counted per IP only.
             if scope != PUBLIC:
                 g.fleet_identity = OPEN
-            return limits.check_ip(request.remote_addr) if limits is not None else None
+            return limit_ip()
         ident, status = authenticate(store, request)
         if ident is None:
-            limited = limits.check_ip(request.remote_addr) if limits is not None else None
+            limited = limit_ip()
             if limited is not None:
                 return limited
             if status == "unavailable":
                 return error_response(503, "cannot check the API key right now (database unreachable);"
-                                      " retry later", retry_after=5)
+                                      " retry later", retry_after=5, reason="auth_unavailable")
             resp = error_response(401, UNAUTHORIZED)
             resp.headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
             return resp
         if limits is not None and not ident.master:
-            limited = limits.check_key(ident.key_id)
-            if limited is not None:
-                return limited
+            decision = limits.check_key(ident.key_id, endpoint)
+            if not decision.allowed:
+                return rate_limited_response(decision)
         if not ident.allows(scope):
             return error_response(403, f"this API key does not have the {scope!r} scope")
         g.fleet_identity = ident

@@ -129,3 +129,29 @@ def test_health_is_never_rate_limited(make_app):
     assert [c.get("/api/devices", headers={"X-API-Key": key}).status_code for _ in range(3)] == [200, 200, 429]
     # and once the address is over its budget, /health still answers
     assert c.get("/health").status_code == 200
+
+
+def test_limits_return_a_decision_not_an_http_answer():
+    # No app, no request: the limiter only decides; the auth hook builds the 429.
+    from backend.fleet.ratelimit import EXEMPT_ENDPOINTS, RateLimits
+
+    limits = RateLimits("2/minute", "1/minute")
+    assert [limits.check_key("k1").allowed for _ in range(3)] == [True, True, False]
+    refused = limits.check_key("k1")
+    assert (refused.allowed, refused.budget, refused.limit) == (False, "key", "2 per 1 minute")
+    assert 1 <= refused.retry_after <= 60
+    assert limits.check_key("k2").allowed  # another key, its own budget
+    assert limits.check_ip("10.0.0.1").allowed and not limits.check_ip("10.0.0.1").allowed
+    assert limits.check_ip("10.0.0.1").budget == "ip"
+    exempt = next(iter(EXEMPT_ENDPOINTS))
+    assert all(limits.check_ip("10.0.0.1", exempt).allowed for _ in range(5))
+
+
+def test_429_names_the_budget_it_came_from(make_app):
+    app = make_app(rate_limit_default="1/minute", rate_limit_ip="1000/minute")
+    c = app.test_client()
+    key = new_key(c)
+    assert c.get("/api/devices", headers={"X-API-Key": key}).status_code == 200
+    r = c.get("/api/devices", headers={"X-API-Key": key})
+    assert r.status_code == 429 and r.get_json()["reason"] == "rate_limited_key"
+    assert "1 per 1 minute" in r.get_json()["error"] and r.headers["Retry-After"]
