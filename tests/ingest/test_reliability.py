@@ -217,7 +217,7 @@ def _damaged_spool(root: Path) -> set[int]:
     """A dead worker's directory with a flipped byte, a missing segment, a torn tail, a garbage
     segment and an empty one; returns the seq values of every intact reading."""
     from backend.ingest.spool import HEADER, Spool, decode_batch, iter_spans, list_segments
-    from tests.test_spool import make_sub
+    from tests.ingest.test_spool import make_sub
 
     dead = Spool(root, max_bytes=2**30, min_free_bytes=0, segment_bytes=4096).open()
     for i in range(30):
