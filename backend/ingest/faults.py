@@ -42,9 +42,6 @@ class Faults:
             names = set()
         return cls(frozenset(names), Path(marker_dir) if marker_dir else None)
 
-    def armed(self, point: str) -> bool:
-        return point in self.points
-
     def hook(self, point: str) -> Callable[..., None] | None:
         """A callback that hits `point`, or None when it is not armed (nothing to call)."""
         return (lambda *_args: self.hit(point)) if point in self.points else None

@@ -67,8 +67,8 @@ def test_fault_points_belong_to_one_write_path_not_the_process(database_url, tmp
         assert armed.replayer is not None and armed.replayer.sink.after_commit is not None
         for wp in (plain, refused):
             assert wp.replayer is not None and wp.replayer.sink.after_commit is None
-            assert not wp.buffer.faults.armed("after_commit")
-        assert not Faults().armed("after_live_commit")
+            assert wp.buffer.faults.hook("after_spool_append") is None
+        assert Faults().hook("after_live_commit") is None
     finally:
         for wp in (armed, plain, refused):
             wp.close(5)
