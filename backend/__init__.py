@@ -22,10 +22,10 @@ __all__ = ["create_app", "Config"]
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     from backend.api import config_routes, health, request_id, telemetry
     from backend.api.responses import error_response
-    from backend.ingest.buffer import BatchBuffer
     from backend.ingest.catalogue import FieldCatalogue
+    from backend.ingest.guarded_pool import GuardedPool
     from backend.ingest.observers import WriteObservers
-    from backend.ingest.sinks.postgres import PostgresSink
+    from backend.ingest.write_path import WritePath
     from backend.services import Services
     from backend.store.pool import make_pool
 
@@ -47,30 +47,15 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.config["TESTING"] = cfg.testing
 
     pool = make_pool(database_url, cfg.db_pool_min, cfg.db_pool_max)
-    sink = PostgresSink(pool, store_raw=cfg.store_raw_payload)
     observers = WriteObservers()  # who learns of committed writes: the alert engine (fleet)
-    buffer = BatchBuffer(
-        sink,
-        batch_size=cfg.batch_size,
-        max_batch_rows=cfg.flush_max_readings,
-        flush_interval=cfg.flush_interval,
-        flush_linger=cfg.flush_linger,
-        max_pending=cfg.buffer_max_readings,
-        max_retries=cfg.max_retries,
-        retry_base_delay=cfg.retry_base_delay,
-        retry_max_delay=cfg.retry_max_delay,
-        write_timeout=max(0.5, cfg.ack_timeout / 2),
-        on_written=observers.notify,
-    )
-    from backend.ingest.buffer import GuardedPool
-    from backend.ingest.replay import setup_spool
-
-    spool = setup_spool(buffer, cfg, pool)  # write-ahead spool + replayer, see docs/reliability.md
-    svc = Services(cfg, pool, buffer, FieldCatalogue.for_buffer(GuardedPool(pool, buffer), buffer, cfg))
+    write_path = WritePath.build(cfg, pool, observers)  # buffer, circuit, spool, replayer: docs/reliability.md
+    buffer, spool = write_path.buffer, write_path.spool
+    svc = Services(cfg, pool, buffer, FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg))
     if spool is not None:
         svc.extras["spool"] = spool
     svc.extras["database_url"] = database_url
     app.extensions["telemetry"] = svc
+    app.extensions["write_path"] = write_path  # its close() is the write path's shutdown
     from backend.ingest.admission import install as install_admission
 
     svc.extras["admission"] = install_admission(app, cfg.max_readings_in_flight)  # bounded ingest memory
@@ -97,8 +82,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
             app.logger.exception("unhandled error")
         return resp
 
-    buffer.start()
-    atexit.register(buffer.close, 10.0)
+    write_path.start()
+    atexit.register(write_path.close, 10.0)
     from backend.store.maintenance import Maintenance
 
     maintenance = Maintenance(pool, cfg.partitions_ahead_months)

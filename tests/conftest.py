@@ -95,7 +95,7 @@ def app(db, app_config):
     application = create_app(app_config)
     yield application
     svc = application.extensions["telemetry"]
-    svc.buffer.close(5)
+    application.extensions["write_path"].close(5)
     application.extensions["fleet"].close()
     svc.pool.close()
 
@@ -123,7 +123,7 @@ def make_app(db, app_config):
     yield factory
     for application in apps:
         svc = application.extensions["telemetry"]
-        svc.buffer.close(5)
+        application.extensions["write_path"].close(5)
         application.extensions["fleet"].close()
         svc.pool.close()
 

@@ -29,7 +29,7 @@ def test_health_503_with_reason_when_database_unreachable_and_recovers(stoppable
     finally:
         stoppable_pg.start()
         svc = app.extensions["telemetry"]
-        svc.buffer.close(5)
+        app.extensions["write_path"].close(5)
         svc.pool.close()
 
 
@@ -50,7 +50,7 @@ def _old_backlog_of_a_live_worker(root, age_s: float):
     import time as _time
 
     from backend.ingest.spool import Spool, list_segments
-    from tests.test_spool import make_sub
+    from tests.ingest.test_spool import make_sub
 
     other = Spool(root, max_bytes=2**30, min_free_bytes=0).open()
     other.append([make_sub("stuck", 0, 3)])

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from backend.ingest.buffer import DeadlineRunner, WriteTimeout
+from backend.ingest.deadline import DeadlineRunner, WriteTimeout
 from backend.ingest.parsing import ParseError, Reading
 from backend.ingest.parsing.base import Message
 

@@ -18,47 +18,51 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 EXIT_CODE = 86
-_points: frozenset[str] = frozenset()
-_marker_dir: Path | None = None
 
 
-def configure(spec: str, testing: bool, marker_dir: str | Path | None) -> None:
-    """Arm the points in `spec` (ignored unless `testing`)."""
-    global _points, _marker_dir
-    names = {p.strip() for p in (spec or "").split(",") if p.strip()}
-    if names and not testing:
-        log.warning("FAULT_POINT=%s ignored: fault injection needs TESTING=1", spec)
-        names = set()
-    _points = frozenset(names)
-    _marker_dir = Path(marker_dir) if marker_dir else None
+class Faults:
+    """The armed fault points of this process; `Faults()` is inert (production)."""
 
+    def __init__(self, points: frozenset[str] = frozenset(), marker_dir: Path | None = None) -> None:
+        self.points = points
+        self.marker_dir = marker_dir
 
-def armed(point: str) -> bool:
-    return point in _points
+    @classmethod
+    def from_config(cls, spec: str, testing: bool, marker_dir: str | Path | None) -> Faults:
+        """Arm the points in `spec` (FAULT_POINT), ignored unless `testing`."""
+        names = {p.strip() for p in (spec or "").split(",") if p.strip()}
+        if names and not testing:
+            log.warning("FAULT_POINT=%s ignored: fault injection needs TESTING=1", spec)
+            names = set()
+        return cls(frozenset(names), Path(marker_dir) if marker_dir else None)
 
+    def hook(self, point: str) -> Callable[..., None] | None:
+        """A callback that hits `point`, or None when it is not armed (nothing to call)."""
+        return (lambda *_args: self.hit(point)) if point in self.points else None
 
-def hit(point: str) -> None:
-    """Exit the process here if `point` is armed and has not fired yet."""
-    if point not in _points:
-        return
-    if _marker_dir is not None:
+    def hit(self, point: str) -> None:
+        """Exit the process here if `point` is armed and has not fired yet."""
+        if point not in self.points:
+            return
+        if self.marker_dir is not None:
+            try:
+                self.marker_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.marker_dir / f".fault-{point}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return  # fired before: run normally from now on
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fsync(fd)
+            os.close(fd)
+        msg = f"FAULT {point}: pid {os.getpid()} exits now (FAULT_POINT, testing only)\n"
         try:
-            _marker_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(_marker_dir / f".fault-{point}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return  # fired before: run normally from now on
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        os.close(fd)
-    msg = f"FAULT {point}: pid {os.getpid()} exits now (FAULT_POINT, testing only)\n"
-    try:
-        sys.stderr.write(msg)
-        sys.stderr.flush()
-    except OSError:
-        pass
-    os._exit(EXIT_CODE)
+            sys.stderr.write(msg)
+            sys.stderr.flush()
+        except OSError:
+            pass
+        os._exit(EXIT_CODE)

@@ -1,6 +1,6 @@
 """The replayer: moves spooled batches into PostgreSQL, in bounded chunks, behind live traffic.
 
-One thread per worker. While the buffer's circuit is closed (the database answers) it
+One thread per worker. While the circuit is closed (the database answers) it
   1. seals and replays this worker's own segments, oldest first;
   2. adopts directories of dead workers (their flock is free) and replays them, then
      removes them.
@@ -23,46 +23,53 @@ capped exponential backoff, not every second.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
 import psycopg
 
+from backend.ingest.backoff import delay, equal_jitter
+from backend.ingest.circuit import CircuitBreaker
+from backend.ingest.deadline import DeadlineRunner
+from backend.ingest.observers import WriteObservers
 from backend.ingest.sinks import Sink, Submission, TransientSinkError, WriteResult
-from backend.ingest.spool import (
-    CORRUPT_DIR,
-    SEGMENT_RE,
-    Adoption,
-    Spool,
-    decode_batch,
-    encode_batch,
-    iter_spans,
-    read_checkpoint_full,
-    write_checkpoint_full,
-)
+from backend.ingest.spool import Adoption, Spool, decode_batch, iter_spans, read_checkpoint_full, write_checkpoint_full
 
 log = logging.getLogger(__name__)
 
 
+class LiveWrites(Protocol):
+    """What the replayer needs from the live write path (the batch buffer)."""
+
+    def yield_to_live(self, max_wait: float = 2.0) -> None:
+        """Return once a pending live flush went first (or none is pending)."""
+
+    def report_sink_failure(self, message: str) -> None:
+        """Count the failed write and open the circuit."""
+
+
 class Replayer:
-    def __init__(self, spool: Spool, buffer: Any, sink: Sink, *, chunk_rows: int = 500,
-                 scan_interval: float = 1.0, write_timeout: float | None = None) -> None:
+    def __init__(self, spool: Spool, sink: Sink, circuit: CircuitBreaker, live: LiveWrites,
+                 observers: WriteObservers, *, runner: DeadlineRunner, chunk_rows: int = 500,
+                 scan_interval: float = 1.0, write_timeout: float = 10.0) -> None:
         self.spool = spool
-        self.buffer = buffer
         self.sink = sink
+        self.circuit = circuit
+        self.live = live
+        self.observers = observers
+        self.runner = runner
         self.chunk_rows = max(1, chunk_rows)
         self.scan_interval = scan_interval
-        self.write_timeout = write_timeout or max(5.0, 2 * getattr(buffer, "write_timeout", 5.0))
+        self.write_timeout = write_timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = threading.Lock()
         # Backoff after a failed pass: from scan_interval, doubling, capped; planned delays are
         # kept (the last 50) so tests and operators can see the schedule.
         self.error_max_delay = max(self.scan_interval, 60.0 * self.scan_interval)
+        self._error_wait = equal_jitter(self.scan_interval, self.error_max_delay)
         self.error_delays: list[float] = []
         self._checkpoint_failed: set[Path] = set()
 
@@ -100,20 +107,19 @@ class Replayer:
                 log.warning("replayer: working again after %d failed passes", failures)
                 failures, last_error = 0, ""
             if not worked:
-                if not self.buffer.sink_available():
-                    self.buffer.sink_ok.wait(self.scan_interval)
-                self._stop.wait(self.scan_interval if self.buffer.sink_available() else 0.05)
+                if self.circuit.is_open:
+                    self.circuit.wait_closed(self.scan_interval)
+                self._stop.wait(0.05 if self.circuit.is_open else self.scan_interval)
 
     def _error_delay(self, failures: int) -> float:
-        top = min(self.error_max_delay, self.scan_interval * 2 ** min(failures, 40))
-        delay = random.uniform(top / 2, top)
-        self.error_delays = (self.error_delays + [delay])[-50:]
-        return delay
+        wait_s = delay(self._error_wait, failures)
+        self.error_delays = (self.error_delays + [wait_s])[-50:]
+        return wait_s
 
     def run_once(self) -> bool:
         """One pass over own segments and orphaned directories; True when something was replayed."""
         with self._busy:
-            if not self.buffer.sink_available():
+            if self.circuit.is_open:
                 return False
             worked = False
             for path in self.spool.take_own_segments():
@@ -121,7 +127,7 @@ class Replayer:
                     return worked
                 worked = True
             for directory in self.spool.orphan_dirs():
-                if self._stop.is_set() or not self.buffer.sink_available():
+                if self._stop.is_set() or self.circuit.is_open:
                     break
                 adoption = self.spool.try_adopt(directory)
                 if adoption is None:
@@ -137,13 +143,13 @@ class Replayer:
         log.warning("spool: adopting %s left by a dead worker (%d segments)", adoption.directory.name,
                     len(segments))
         c.adopted_dirs += 1
-        missing = self._missing_segments(adoption.directory, [s for s, _ in segments])
+        missing = adoption.missing_segments()
         if missing:
             c.missing_segments += missing
             msg = f"{adoption.directory.name}: {missing} segment(s) missing (deleted or lost)"
             log.error("spool: %s; replaying the rest", msg)
             self.spool.note_problem(msg)
-            self._write_note(f"{adoption.directory.name}-missing.json",
+            self.spool.write_note(f"{adoption.directory.name}-missing.json",
                              {"worker_dir": adoption.directory.name, "missing_segments": missing,
                               "at": datetime.now(UTC).isoformat()})
         try:
@@ -156,30 +162,6 @@ class Replayer:
             raise
         adoption.release(remove=True)
         return True
-
-    @staticmethod
-    def _missing_segments(directory: Path, seqs: list[int]) -> int:
-        gaps = {s for a, b in zip(seqs, seqs[1:], strict=False) for s in range(a + 1, b)}
-        missing = len(gaps)
-        # A checkpoint without its segment: the segment vanished (every segment gets its
-        # checkpoint when it is created, so this also finds a lost first or last one).
-        for cp in directory.glob("seg-*.wal.done"):
-            if not (directory / cp.name[: -len(".done")]).exists():
-                m = SEGMENT_RE.match(cp.name[: -len(".done")])
-                if m is None or int(m.group(1)) not in gaps:
-                    missing += 1
-                cp.unlink(missing_ok=True)
-        return missing
-
-    def _write_note(self, name: str, note: dict[str, Any]) -> None:
-        aside = self.spool.root / CORRUPT_DIR
-        try:
-            aside.mkdir(exist_ok=True)
-            (aside / name).write_bytes(orjson.dumps(note, option=orjson.OPT_INDENT_2))
-        except OSError as exc:  # a full disk must not stop the replay for want of a note
-            (aside / name).unlink(missing_ok=True)
-            log.error("spool: note %s not written (%s): %s", name, exc, note)
-        self.spool._corrupt_cache = None
 
     # ---- one segment -------------------------------------------------------------------
 
@@ -269,30 +251,30 @@ class Replayer:
         self._checkpoint_failed.discard(path)
 
     def _write_chunk(self, chunk: list[Submission], rows: int, records: int) -> bool:
-        self.buffer.yield_to_live()
+        self.live.yield_to_live()
         c = self.spool.counters
         try:
-            result = self.buffer.runner.run(self.sink.write, chunk, timeout=self.write_timeout)
+            result = self.runner.run(self.sink.write, chunk, timeout=self.write_timeout)
         except TransientSinkError as exc:
             c.replay_failures += 1
-            self.buffer.report_sink_failure(f"replay: {exc}")
+            self.live.report_sink_failure(f"replay: {exc}")
             return False
         except Exception as exc:  # noqa: BLE001 - refused data: isolate it, keep the rest moving
             log.error("replay chunk refused (%s); writing its requests one by one", exc)
             result = None
             for sub in chunk:
                 try:
-                    r = self.buffer.runner.run(self.sink.write, [sub], timeout=self.write_timeout)
+                    r = self.runner.run(self.sink.write, [sub], timeout=self.write_timeout)
                 except TransientSinkError as exc2:
                     c.replay_failures += 1
-                    self.buffer.report_sink_failure(f"replay: {exc2}")
+                    self.live.report_sink_failure(f"replay: {exc2}")
                     return False
                 except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc2:
                     self._dead_letter(sub, str(exc2))  # this request's data can never be stored
                     continue
                 except Exception as exc2:  # noqa: BLE001 - schema, permissions, ...: retry later
                     c.replay_failures += 1
-                    self.buffer.report_sink_failure(f"replay: {type(exc2).__name__}: {exc2}")
+                    self.live.report_sink_failure(f"replay: {type(exc2).__name__}: {exc2}")
                     return False
                 c.replay_inserted += r.inserted
                 c.replay_duplicates += r.duplicates
@@ -309,54 +291,9 @@ class Replayer:
 
     def _observe(self, chunk: list[Submission], result: WriteResult) -> None:
         # Replayed readings reach the alert engine like live ones; it ignores old backlog itself.
-        if self.buffer.on_written is not None:
-            try:
-                self.buffer.on_written(chunk, result)
-            except Exception:  # noqa: BLE001 - observers must not undo a committed replay
-                log.exception("on_written observer failed during replay")
+        self.observers.notify(chunk, result)
 
     def _dead_letter(self, sub: Submission, error: str) -> None:
-        aside = self.spool.root / CORRUPT_DIR
-        aside.mkdir(exist_ok=True)
-        line = orjson.dumps({"error": error[:500], "at": datetime.now(UTC).isoformat(),
-                             "batch": orjson.loads(encode_batch([sub]))})
-        with open(aside / "dead-letter.jsonl", "ab") as f:
-            f.write(line + b"\n")
-        self.spool.counters.extra["dead_letter_readings"] = (
-            self.spool.counters.extra.get("dead_letter_readings", 0) + len(sub.readings))
+        self.spool.dead_letter(sub, error)
         log.error("spool: request %s refused by the database (%s); kept in corrupt/dead-letter.jsonl",
                   sub.request_id, error[:200])
-
-
-DISABLED = {"off", "none", "disabled", "false", "0", "-"}
-
-
-def spool_root(cfg: Any) -> Path | None:
-    """SPOOL_DIR, else DATA_DIR/spool; None when the spool is switched off."""
-    if (cfg.spool_dir or "").strip().lower() in DISABLED or cfg.spool_max_bytes <= 0:
-        return None
-    return Path(cfg.spool_dir or Path(cfg.data_dir) / "spool").resolve()
-
-
-def setup_spool(buffer: Any, cfg: Any, pool: Any) -> Spool | None:
-    """Give the buffer its spool and replayer (started with the buffer); None when off or unusable."""
-    from backend.ingest import faults
-    from backend.ingest.sinks.postgres import PostgresSink
-
-    root = spool_root(cfg)
-    faults.configure(cfg.fault_point, cfg.testing, root or Path(cfg.data_dir))
-    if root is None:
-        log.warning("spool disabled: while the database is unreachable ingest answers 503")
-        return None
-    try:
-        spool = Spool(root, max_bytes=cfg.spool_max_bytes, min_free_bytes=cfg.spool_min_free_bytes).open()
-    except OSError as exc:
-        log.error("spool at %s unusable (%s): running without it; ingest answers 503 while the"
-                  " database is unreachable", root, exc)
-        return None
-    sink = PostgresSink(pool, store_raw=cfg.store_raw_payload, replay=True)
-    if faults.armed("after_commit"):
-        sink.after_commit_hook = lambda batch: faults.hit("after_commit")
-    buffer.spool = spool
-    buffer.replayer = Replayer(spool, buffer, sink, chunk_rows=2 * cfg.batch_size)
-    return spool

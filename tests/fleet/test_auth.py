@@ -220,7 +220,7 @@ def test_database_outage_known_keys_keep_ingesting_unknown_get_503(stoppable_pg,
     finally:
         stoppable_pg.start()
         svc = app.extensions["telemetry"]
-        svc.buffer.close(5)
+        app.extensions["write_path"].close(5)
         svc.pool.close()
 
 

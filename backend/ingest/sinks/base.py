@@ -53,6 +53,15 @@ class Submission:
     conflicts: list[tuple[int, str]] = field(default_factory=list)
     error: str | None = None
 
+    def committed(self, result: WriteResult) -> None:
+        """The transaction carrying this submission committed: take its counts, wake the request."""
+        ins, quar = result.per_request.get(self.request_id, (None, 0))
+        self.inserted = ins
+        self.quarantined = quar
+        self.conflicts = result.conflicts.get(self.request_id, [])
+        self.duplicates = None if ins is None else len(self.readings) - ins - quar
+        self.finish("committed")
+
     def finish(self, outcome: str, error: str | None = None) -> None:
         self.outcome = outcome
         self.error = error

@@ -11,6 +11,7 @@ prepared statement outlives it (prepare_threshold=None on the pool's connections
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 import psycopg
@@ -41,14 +42,15 @@ _COPY_TYPES = ["text", "text", "timestamptz", "float8", "text", "timestamptz", "
 class PostgresSink:
     name = "postgres"
 
-    def __init__(self, pool: ConnectionPool, store_raw: bool = True, replay: bool = False) -> None:
+    def __init__(self, pool: ConnectionPool, store_raw: bool = True, replay: bool = False,
+                 after_commit: Callable[[list[Submission]], None] | None = None) -> None:
         self.pool = pool
         self.store_raw = store_raw
         # Replay mode (spool replayer): skip requests a committed write already stored, so
         # raw payloads and quarantine rows are not written twice (readings never are).
         self.replay = replay
-        # Tests set this to crash between COMMIT and the caller's bookkeeping.
-        self.after_commit_hook = None
+        # Crash tests (FAULT_POINT=after_commit) exit between COMMIT and the caller's bookkeeping.
+        self.after_commit = after_commit
 
     def write(self, batch: list[Submission]) -> WriteResult:
         try:
@@ -65,8 +67,8 @@ class PostgresSink:
             raise TransientSinkError(str(exc)) from exc
         except psycopg.errors.DeadlockDetected as exc:
             raise TransientSinkError(str(exc)) from exc
-        if self.after_commit_hook is not None:
-            self.after_commit_hook(batch)
+        if self.after_commit is not None:
+            self.after_commit(batch)
         return result
 
     def _write(self, conn: psycopg.Connection, batch: list[Submission]) -> WriteResult:
@@ -148,7 +150,7 @@ class PostgresSink:
         try:
             with self.pool.connection(timeout=2.0) as conn:
                 conn.execute("SELECT 1")
-        except (psycopg.OperationalError, Exception) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever keeps SELECT 1 from answering means "down"
             raise TransientSinkError(str(exc).strip() or type(exc).__name__) from exc
 
     def close(self) -> None:

@@ -14,10 +14,12 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.live_server import wait_for
 from tests.loadgen import LoadGen, RssSampler, record_result, worker_statuses
 
 pytestmark = pytest.mark.slow
@@ -34,20 +36,19 @@ def spool_bytes(server) -> int:
     return sum(p.stat().st_size for p in spool_segments(server) if p.exists())
 
 
-def wait_for(pred, timeout: float = 60.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+def more(counter: Callable[[], int], by: int = 1, timeout: float = 60.0) -> None:
+    """Wait until `counter` (a load generator's count) grew by `by`: the load moved on."""
+    start = counter()
+    wait_for(lambda: counter() >= start + by, timeout)
 
 
 def drain_and_verify(lg: LoadGen, server, database_url: str, timeout: float = 120.0):
     """Wait until every 2xx is in PostgreSQL and the spool is empty; the final verdict."""
     verdict = lg.wait_until_stored(database_url, timeout)
-    assert wait_for(lambda: not spool_segments(server), timeout), (
-        f"spool not drained: {spool_segments(server)}\n{server.log_tail()}")
+    try:
+        wait_for(lambda: not spool_segments(server), timeout)
+    except AssertionError:
+        raise AssertionError(f"spool not drained: {spool_segments(server)}\n{server.log_tail()}") from None
     verdict = lg.verify(database_url)
     assert verdict.lost == 0, f"{verdict.line()} sample={verdict.lost_sample}\n{server.log_tail(60)}"
     assert verdict.duplicates == 0, verdict.line()
@@ -103,13 +104,14 @@ def test_kill9_of_workers_and_master_20_times_under_load(make_live_server, db_pr
         outage = i in (2, 7, 12, 17)  # the database is cut first: the killed ones hold spooled acks
         if outage:
             db_proxy.down()
-            time.sleep(2.2)
+            more(lambda: lg.stats.spooled, 3)  # the workers hold spooled acks
         else:
-            time.sleep(0.7)
+            more(lambda: lg.stats.committed, 5)
         if i % 2 == 0:
-            os.kill(rng.choice(server.worker_pids()), signal.SIGKILL)
+            victim = rng.choice(server.worker_pids())
+            os.kill(victim, signal.SIGKILL)
             kills["worker"] += 1
-            time.sleep(0.3)
+            wait_for(lambda v=victim: v not in server.worker_pids() and len(server.worker_pids()) == 2, 30)
         else:
             server.kill()  # master and every worker, kill -9
             server.start()
@@ -117,7 +119,7 @@ def test_kill9_of_workers_and_master_20_times_under_load(make_live_server, db_pr
         if outage:
             kills["with_db_down"] += 1
             db_proxy.up()
-    time.sleep(1.0)
+    more(lambda: lg.stats.committed, 5)
     lg.stop()
     rss.stop()
     verdict = drain_and_verify(lg, server, database_url)
@@ -133,7 +135,7 @@ def test_postgres_stopped_60s_under_load(make_live_server, stoppable_pg):
     server = make_live_server(env={"DATABASE_URL": stoppable_pg.url, "RETRY_BASE_DELAY": "0.25",
                                    "RETRY_MAX_DELAY": "8", "BUFFER_MAX_READINGS": "20000"}, workers=2)
     lg, rss = start_load(server, threads=4)
-    time.sleep(3)
+    more(lambda: lg.stats.committed, 20)
     stoppable_pg.stop()
     stopped = time.monotonic()
     max_pending = max_spool = 0
@@ -146,7 +148,7 @@ def test_postgres_stopped_60s_under_load(make_live_server, stoppable_pg):
         time.sleep(2)
     stoppable_pg.start()
     started = time.monotonic()
-    time.sleep(5)
+    more(lambda: lg.stats.committed, 20, timeout=120)
     lg.stop()
     rss.stop()
     verdict = drain_and_verify(lg, server, stoppable_pg.url)
@@ -187,14 +189,14 @@ def test_crash_after_replay_commit_before_checkpoint_no_duplicates(make_live_ser
     server = make_live_server(env={"DATABASE_URL": db_proxy.url, "FAULT_POINT": "after_commit",
                                    "BATCH_SIZE": "50"}, workers=2)
     lg, rss = start_load(server, threads=4)
-    time.sleep(1)
+    more(lambda: lg.stats.committed, 5)
     db_proxy.down()
-    time.sleep(5)
+    more(lambda: lg.stats.spooled, 40)  # 200 readings: a replay of more than one chunk
     db_proxy.up()
     marker = server.workdir / "spool" / ".fault-after_commit"
     assert wait_for(marker.exists, 30), server.log_tail()
     crashed_pid = int(marker.read_text())
-    time.sleep(2)
+    more(lambda: lg.stats.committed, 10)
     lg.stop()
     rss.stop()
     verdict = drain_and_verify(lg, server, database_url)
@@ -217,7 +219,7 @@ def _damaged_spool(root: Path) -> set[int]:
     """A dead worker's directory with a flipped byte, a missing segment, a torn tail, a garbage
     segment and an empty one; returns the seq values of every intact reading."""
     from backend.ingest.spool import HEADER, Spool, decode_batch, iter_spans, list_segments
-    from tests.test_spool import make_sub
+    from tests.ingest.test_spool import make_sub
 
     dead = Spool(root, max_bytes=2**30, min_free_bytes=0, segment_bytes=4096).open()
     for i in range(30):
@@ -282,7 +284,7 @@ def test_full_spool_or_disk_answers_503_never_2xx(make_live_server, db_proxy, da
         env["SPOOL_MIN_FREE_BYTES"] = str(10**15)  # "the disk is nearly full": statvfs says so
     server = make_live_server(env=env, workers=2)
     lg, rss = start_load(server, threads=6)
-    time.sleep(1)
+    more(lambda: lg.stats.committed, 5)
     db_proxy.down()
     ok_before = lg.stats.ok
     peak_disk = 0
@@ -294,7 +296,7 @@ def test_full_spool_or_disk_answers_503_never_2xx(make_live_server, db_proxy, da
     spooled = lg.stats.spooled
     s503 = lg.stats.s503
     db_proxy.up()
-    time.sleep(2)
+    more(lambda: lg.stats.committed, 10)
     lg.stop()
     rss.stop()
     verdict = drain_and_verify(lg, server, database_url)
@@ -326,9 +328,9 @@ def test_graceful_stop_recycling_and_reload_lose_nothing(make_live_server, db_pr
         outage = i == 1  # one round with the database cut: the stopping workers hold spooled data
         if outage:
             db_proxy.down()
-            time.sleep(3.5)
+            more(lambda: lg.stats.spooled, 5)  # the stopping workers hold spooled data
         else:
-            time.sleep(1.5)
+            more(lambda: lg.stats.committed, 10)
         if mode == "sigterm":
             server.stop(timeout=30)  # during the outage round: the stopping workers spool what they hold
             if outage:
@@ -336,14 +338,15 @@ def test_graceful_stop_recycling_and_reload_lose_nothing(make_live_server, db_pr
                 outage = False
             server.start()
         elif mode == "hup":
+            before = set(server.worker_pids())
             server.signal_master(signal.SIGHUP)
-            time.sleep(1.0)
+            wait_for(lambda b=before: len(set(server.worker_pids()) - b) >= 2)  # both workers replaced
         else:
-            time.sleep(1.0)
+            more(lambda: lg.stats.ok, 75)  # half of GUNICORN_MAX_REQUESTS
         pids_seen |= set(server.worker_pids())
         if outage:
             db_proxy.up()
-    time.sleep(1)
+    more(lambda: lg.stats.committed, 10)
     lg.stop()
     rss.stop()
     verdict = drain_and_verify(lg, server, database_url)
@@ -359,7 +362,7 @@ def test_graceful_stop_recycling_and_reload_lose_nothing(make_live_server, db_pr
 def test_dead_workers_spool_is_adopted_and_replayed_exactly_once(make_live_server, db_proxy, database_url):
     server = make_live_server(env={"DATABASE_URL": db_proxy.url}, workers=2)
     lg, rss = start_load(server, threads=6)
-    time.sleep(1)
+    more(lambda: lg.stats.committed, 10)
     # Cut the database between flushes: a flush is one statement, and one cut while it runs
     # may commit it with the answer lost; its spooled copy would then be replayed as a
     # duplicate (stored once, but not the "nothing replayed was already stored" this test
@@ -369,7 +372,7 @@ def test_dead_workers_spool_is_adopted_and_replayed_exactly_once(make_live_serve
     db_proxy.down()
     lg.resume()
     assert wait_for(lambda: spool_segments(server), 30)
-    time.sleep(1)
+    more(lambda: lg.stats.spooled, 10)
     # Pause the load so no request is in flight at the kill: then every record of the dead
     # worker's spool was acknowledged, and "exactly once" can be counted record by record.
     lg.hold()
@@ -383,10 +386,10 @@ def test_dead_workers_spool_is_adopted_and_replayed_exactly_once(make_live_serve
     assert wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, 20)
     assert dead_dir.exists() and list(dead_dir.glob("seg-*.wal"))
     lg.resume()
-    time.sleep(1)
+    more(lambda: lg.stats.spooled, 5)  # the survivor spools too: its own backlog and the adopted one
     db_proxy.up()
     assert wait_for(lambda: not dead_dir.exists(), 30), "the dead worker's spool was adopted"
-    time.sleep(1)
+    more(lambda: lg.stats.committed, 10)
     lg.stop()
     rss.stop()
     verdict = drain_and_verify(lg, server, database_url)
@@ -414,7 +417,7 @@ def test_health_and_status_show_spool_depth_age_and_counts(make_live_server, db_
     body = "device_id:st-1,seq:1,ts:2026-01-01T00:00:00Z\ndevice_id:st-1,seq:2,ts:2026-01-01T00:00:01Z"
     r = server.post("/telemetry", data=body, headers={"Content-Type": "text/plain"})
     assert r.status_code == 200 and r.json()["durability"] == "spooled"
-    time.sleep(0.3)
+    wait_for(lambda: server.get("/health").json()["spool"]["oldest_unflushed_age_s"] > 0)
     for path in ("/health", "/telemetry/batch/status"):
         resp = server.get(path)
         sp = resp.json()["spool"]
@@ -436,9 +439,9 @@ def test_health_and_status_show_spool_depth_age_and_counts(make_live_server, db_
 def test_backlog_replay_keeps_times_and_live_ingest_keeps_flowing(make_live_server, db_proxy, database_url):
     server = make_live_server(env={"DATABASE_URL": db_proxy.url, "BATCH_SIZE": "100"}, workers=2)
     lg, rss = start_load(server, threads=8, lines=10)
-    time.sleep(1)
+    more(lambda: lg.stats.committed, 10)
     db_proxy.down()
-    time.sleep(5)
+    more(lambda: lg.stats.spooled, 100)  # 1,000 readings of backlog
     backlog = spool_bytes(server)
     db_proxy.up()
     up_at = time.monotonic()

@@ -18,6 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.ingest.buffer import BatchBuffer
+from backend.ingest.circuit import CircuitBreaker
+from backend.ingest.deadline import DeadlineRunner
+from backend.ingest.observers import WriteObservers
 from backend.ingest.parsing import ParseError, Reading
 from backend.ingest.replay import Replayer
 from backend.ingest.sinks import Submission
@@ -31,11 +34,10 @@ from backend.ingest.spool import (
     frame,
     iter_spans,
     list_segments,
-    read_checkpoint,
     read_checkpoint_full,
     write_checkpoint_full,
 )
-from backend.ingest.spool_checkpoint import CHECKPOINT_BYTES, SLOT_STRIDE, checkpoint_path
+from backend.ingest.spool.checkpoint import CHECKPOINT_BYTES, SLOT_STRIDE, checkpoint_path
 from backend.store.pool import make_pool
 
 BASE = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -225,10 +227,16 @@ def pool(database_url, db):
     p.close()
 
 
-def _replayer(spool: Spool, pool, chunk_rows: int = 25) -> tuple[Replayer, BatchBuffer]:
-    buffer = BatchBuffer(PostgresSink(pool), batch_size=50, flush_interval=0.05)
+def replayer_for(spool: Spool, pool, chunk_rows: int = 25, scan_interval: float = 1.0) -> tuple[Replayer, BatchBuffer]:
+    """A replayer for `spool` next to a started live buffer, wired the way WritePath.build does."""
+    sink, runner, observers = PostgresSink(pool), DeadlineRunner(), WriteObservers()
+    circuit = CircuitBreaker(sink.ping, runner)
+    buffer = BatchBuffer(sink, circuit=circuit, spool=spool, observers=observers, runner=runner, batch_size=50,
+                         flush_interval=0.05)
     buffer.start()
-    return Replayer(spool, buffer, PostgresSink(pool, replay=True), chunk_rows=chunk_rows), buffer
+    rep = Replayer(spool, PostgresSink(pool, replay=True), circuit, buffer, observers, runner=runner,
+                   chunk_rows=chunk_rows, scan_interval=scan_interval)
+    return rep, buffer
 
 
 def _rows(db, device: str) -> list[tuple]:
@@ -239,7 +247,7 @@ def _rows(db, device: str) -> list[tuple]:
 def test_dead_workers_spool_is_replayed_exactly_once_by_racing_adopters(tmp_path, pool, db):
     _spool_from_dead_worker(tmp_path, n=40)  # 400 readings
     spools = [open_spool(tmp_path) for _ in range(4)]
-    reps = [_replayer(s, pool) for s in spools]
+    reps = [replayer_for(s, pool) for s in spools]
     barrier = threading.Barrier(len(reps))
 
     def go(rep: Replayer) -> None:
@@ -275,8 +283,8 @@ def test_replay_after_crash_between_commit_and_checkpoint_makes_no_duplicates(tm
     # before the checkpoint: the checkpoint stays at 0.
     first3 = [s for span in list(iter_spans(path.read_bytes()))[:3] for s in decode_batch(span.payload)]
     PostgresSink(pool).write(first3)
-    assert read_checkpoint(path) == 0
-    rep, buf = _replayer(spool, pool)
+    assert read_checkpoint_full(path)[0] == 0
+    rep, buf = replayer_for(spool, pool)
     assert rep.run_once()
     rows = _rows(db, "cp")
     assert len(rows) == 100 and all(n == 1 for _, n, _, _ in rows)
@@ -315,7 +323,7 @@ def test_damaged_spool_delivers_every_intact_record_and_counts_the_rest(tmp_path
                 expect |= {int(r.value) for sub in decode_batch(s.payload) for r in sub.readings}
 
     live = open_spool(root)
-    rep, buf = _replayer(live, pool)
+    rep, buf = replayer_for(live, pool)
     assert rep.run_once()
     got = {v for v, n, _, _ in _rows(db, "dmg")}
     assert got == expect
@@ -378,4 +386,4 @@ def test_checkpoint_of_an_older_version_is_read_and_then_updated(tmp_path):
     assert read_checkpoint_full(path) == (456, 1, 9)
     checkpoint_path(path).unlink()  # a segment that never had one
     write_checkpoint_full(path, 789)
-    assert read_checkpoint(path) == 789
+    assert read_checkpoint_full(path)[0] == 789

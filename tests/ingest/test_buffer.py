@@ -9,17 +9,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from backend.config import Config
 from backend.ingest.buffer import BatchBuffer, BufferFull
+from backend.ingest.observers import WriteObservers
 from backend.ingest.parsing import Reading
-from backend.ingest.replay import Replayer
 from backend.ingest.sinks import Submission
 from backend.ingest.sinks.postgres import PostgresSink
-from backend.ingest.spool import Spool
+from backend.ingest.write_path import WritePath
 from backend.store.pool import make_pool
+from tests.live_server import wait_for
 
 BASE = datetime(2026, 2, 1, tzinfo=UTC)
 _seq = iter(range(10**9))
@@ -35,29 +38,33 @@ def sub(device: str = "b1", n: int = 5, bad: bool = False) -> Submission:
 
 
 @pytest.fixture
-def make_buffer(db_proxy, db, tmp_path):
+def make_write_path(db_proxy, db, tmp_path):
+    """Factory: a started write path on the proxied database, built by WritePath.build like the app's."""
     made = []
 
-    def factory(spool: bool = True, max_bytes: int = 64 * 2**20, chunk_rows: int = 100, **kw):
+    def factory(spool: bool = True, max_bytes: int = 64 * 2**20, chunk_rows: int = 100, write_timeout: float = 1.0,
+                probe_timeout: float = 1.0, observers: WriteObservers | None = None, **kw) -> WritePath:
         pool = make_pool(db_proxy.url, 1, 4)
-        opts = dict(batch_size=100, flush_interval=0.05, max_retries=2, retry_base_delay=0.01,
-                    retry_max_delay=0.2, write_timeout=1.0, probe_timeout=1.0)
-        opts.update(kw)
-        buf = BatchBuffer(PostgresSink(pool), **opts)
-        if spool:
-            sp = Spool(tmp_path / f"spool{len(made)}", max_bytes=max_bytes, min_free_bytes=0).open()
-            buf.spool = sp
-            buf.replayer = Replayer(sp, buf, PostgresSink(pool, replay=True), chunk_rows=chunk_rows,
-                                    scan_interval=0.1)
-        buf.start()
-        made.append((buf, pool))
-        return buf
+        fields = dict(batch_size=100, flush_max_readings=0, flush_interval=0.05, flush_linger=0.0, max_retries=2,
+                      retry_base_delay=0.01, retry_max_delay=0.2, ack_timeout=2 * write_timeout,
+                      spool_dir=str(tmp_path / f"spool{len(made)}") if spool else "off", spool_max_bytes=max_bytes,
+                      spool_min_free_bytes=0, data_dir=str(tmp_path))
+        fields.update(kw)
+        wp = WritePath.build(replace(Config(), **fields), pool, observers or WriteObservers(),
+                             probe_timeout=probe_timeout, replay_scan_interval=0.1, replay_chunk_rows=chunk_rows)
+        made.append((wp, pool))
+        return wp.start()
 
     yield factory
     db_proxy.up()
-    for buf, pool in made:
-        buf.close(5)
+    for wp, pool in made:
+        wp.close(5)
         pool.close()
+
+
+@pytest.fixture
+def make_buffer(make_write_path):
+    return lambda **kw: make_write_path(**kw).buffer
 
 
 def put(buf: BatchBuffer, s: Submission, timeout: float = 10) -> str:
@@ -69,15 +76,6 @@ def put(buf: BatchBuffer, s: Submission, timeout: float = 10) -> str:
 def count(db, device: str) -> tuple[int, int]:
     return db.execute("SELECT count(*), count(DISTINCT ts) FROM telemetry_readings WHERE device_id = %s",
                       (device,)).fetchone()
-
-
-def wait_for(pred, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_healthy_database_commits(make_buffer, db):
@@ -110,9 +108,10 @@ def test_outage_spools_then_replays_each_reading_once(make_buffer, db, db_proxy)
 def test_replayed_chunks_reach_the_write_observers(make_buffer, db, db_proxy):
     # The alert engine observes committed writes; readings that went through the spool must
     # reach it too (it skips old backlog by measurement time itself).
-    buf = make_buffer()
     seen: list[uuid.UUID] = []
-    buf.on_written = lambda batch, result: seen.extend(s.request_id for s in batch)
+    observers = WriteObservers()
+    observers.register(lambda batch, result: seen.extend(s.request_id for s in batch))
+    buf = make_buffer(observers=observers)
     db_proxy.down()
     subs = [sub("obs") for _ in range(5)]
     assert [put(buf, s) for s in subs] == ["spooled"] * 5
@@ -142,7 +141,7 @@ def test_probe_delays_grow_exponentially_with_jitter_up_to_the_cap(make_buffer, 
 
 
 def test_full_spool_refuses_with_retry_after_and_stays_bounded(make_buffer, db, db_proxy):
-    buf = make_buffer(max_bytes=6000, max_pending=500)
+    buf = make_buffer(max_bytes=6000, buffer_max_readings=500)
     db_proxy.down()
     subs: list[Submission] = []
     refused = None
@@ -225,13 +224,14 @@ def test_replay_of_a_backlog_does_not_starve_live_writes(make_buffer, db, db_pro
     assert count(db, "backlog") == (750, 750)
 
 
-def test_close_during_outage_spools_whatever_is_pending(make_buffer, db_proxy, tmp_path):
-    buf = make_buffer()
+def test_close_during_outage_spools_whatever_is_pending(make_write_path, db_proxy, tmp_path):
+    wp = make_write_path()
+    buf = wp.buffer
     db_proxy.down()
     subs = [sub("closing") for _ in range(5)]
     for s in subs:
         buf.submit(s)
-    t = threading.Thread(target=buf.close, args=(10,))
+    t = threading.Thread(target=wp.close, args=(10,))
     t.start()
     t.join(30)
     assert {s.outcome for s in subs} == {"spooled"}

@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 
 from backend.ingest.buffer import BatchBuffer, BufferFull
-from backend.ingest.replay import Replayer
 from backend.ingest.sinks.postgres import PostgresSink
 from backend.ingest.spool import Spool, SpoolFull, list_segments
-from backend.ingest.spool_checkpoint import checkpoint_path
+from backend.ingest.spool.checkpoint import checkpoint_path
 from backend.store.pool import make_pool
+from tests.ingest.test_reliability import all_statuses, assert_honest_503s, figures, start_load
+from tests.ingest.test_spool import make_sub, replayer_for
 from tests.live_server import wait_for
 from tests.loadgen import record_result
-from tests.test_reliability import all_statuses, assert_honest_503s, figures, start_load
-from tests.test_spool import make_sub
 
 TMPFS_BYTES = 2 * 1024 * 1024
 
@@ -112,10 +111,8 @@ def test_replay_drains_a_spool_on_a_disk_full_to_the_last_byte(tiny_disk, pool, 
     checkpoint_path(segments[1]).unlink()
     fill_to_last_byte(filler)
     assert free_bytes(tiny_disk) == 0
-    buffer = BatchBuffer(PostgresSink(pool), batch_size=50, flush_interval=0.05)
-    buffer.start()
+    rep, buffer = replayer_for(spool, pool, chunk_rows=500)
     try:
-        rep = Replayer(spool, buffer, PostgresSink(pool, replay=True), chunk_rows=500)
         assert rep.run_once()
         assert _rows(db, "full") == list(range(acked))  # every acknowledged reading, once
         assert list_segments(spool.dir) == []  # finishing the segments freed their space
@@ -127,10 +124,9 @@ def test_replay_drains_a_spool_on_a_disk_full_to_the_last_byte(tiny_disk, pool, 
 
 def test_full_disk_refuses_new_spool_work_and_status_says_why(tiny_disk, db_proxy, db):
     pool = make_pool(db_proxy.url, 1, 2)
-    buffer = BatchBuffer(PostgresSink(pool), batch_size=50, flush_interval=0.05, max_retries=1,
-                         retry_base_delay=0.05, retry_max_delay=0.5, write_timeout=1.0, probe_timeout=1.0)
     spool = Spool(tiny_disk / "spool", max_bytes=2**30, min_free_bytes=0).open()
-    buffer.spool = spool
+    buffer = BatchBuffer(PostgresSink(pool), spool=spool, batch_size=50, flush_interval=0.05, max_retries=1,
+                         retry_base_delay=0.05, retry_max_delay=0.5, write_timeout=1.0, probe_timeout=1.0)
     buffer.start()
     try:
         filler = other_file(tiny_disk)
@@ -149,6 +145,7 @@ def test_full_disk_refuses_new_spool_work_and_status_says_why(tiny_disk, db_prox
     finally:
         db_proxy.up()
         buffer.close(5)
+        spool.close()
         pool.close()
 
 
@@ -161,14 +158,13 @@ def test_replayer_error_is_logged_once_and_retried_with_growing_delays(tmp_path,
     for p in segment.parent.glob(segment.name + "*"):
         p.unlink()
     segment.mkdir()
-    buffer = BatchBuffer(PostgresSink(pool), batch_size=50, flush_interval=0.05)
-    rep = Replayer(spool, buffer, PostgresSink(pool, replay=True), scan_interval=0.01)
-    buffer.replayer = rep
+    rep, buffer = replayer_for(spool, pool, scan_interval=0.01)
     caplog.set_level(logging.INFO, logger="backend.ingest.replay")
-    buffer.start()
+    rep.start()
     try:
         wait_for(lambda: len(rep.error_delays) >= 6, timeout=30)
     finally:
+        rep.stop(5)
         buffer.close(5)
         spool.close()
     tracebacks = [r for r in caplog.records if r.exc_info]
