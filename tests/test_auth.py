@@ -201,11 +201,9 @@ def test_cors_closed_by_default_and_open_to_configured_origins(app, make_app):
 
 
 def test_database_outage_known_keys_keep_ingesting_unknown_get_503(stoppable_pg, app_config):
-    from dataclasses import replace
-
     from backend import create_app
 
-    app = create_app(replace(app_config, database_url=stoppable_pg.url, ack_timeout=2.0, max_retries=1))
+    app = create_app(app_config.replace(database_url=stoppable_pg.url, ack_timeout=2.0, max_retries=1))
     c = app.test_client()
     try:
         r = c.post("/api/keys", json={"name": "gw", "scopes": ["ingest"]}, headers=ADMIN)
@@ -219,9 +217,7 @@ def test_database_outage_known_keys_keep_ingesting_unknown_get_503(stoppable_pg,
         assert r.status_code == 503 and r.headers["Retry-After"]  # not 401: the key may be fine
     finally:
         stoppable_pg.start()
-        svc = app.extensions["telemetry"]
-        svc.buffer.close(5)
-        svc.pool.close()
+        app.extensions["telemetry"].close(5)
 
 
 # ---- CLI ----------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""The app factory: one worker's objects, each given its collaborators when it is built.
+
+gunicorn calls `backend:create_app()` once in each worker; tests call it with a Config.
+`app.extensions["telemetry"]` is the worker's `Services`; its `close()` is the one shutdown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import Any
+
+from flask import Flask, Response
+from psycopg_pool import ConnectionPool
+from werkzeug.exceptions import HTTPException
+
+from backend.api import config_routes, health, telemetry
+from backend.api.health import HealthCheck
+from backend.api.responses import error_response, unexpected_error_response
+from backend.config import Config
+from backend.fleet import init_fleet
+from backend.fleet.ratelimit import make_rate_limits
+from backend.ingest import admission
+from backend.ingest.buffer import BatchBuffer, GuardedPool
+from backend.ingest.catalogue import FieldCatalogue
+from backend.ingest.observers import WriteObservers
+from backend.ingest.replay import setup_spool
+from backend.ingest.sinks.postgres import PostgresSink
+from backend.services import Services
+from backend.store.database import Database
+from backend.store.maintenance import Maintenance
+from backend.store.pool import make_pool
+
+
+def create_app(config: Config | None = None, **overrides: Any) -> Flask:
+    cfg = (config or Config.from_env()).replace(**overrides)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    database = Database.resolve(cfg)  # embedded PostgreSQL when DATABASE_URL is empty
+    pool = make_pool(database.url, cfg.db_pool_min, cfg.db_pool_max)
+    observers = WriteObservers()  # who learns of committed writes: the alert engine (fleet)
+    buffer = make_buffer(cfg, pool, observers)  # R1's WritePath.build(cfg, pool, observers) replaces
+    spool = setup_spool(buffer, cfg, pool)  # these two lines; see docs/reliability.md
+    catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, buffer), buffer, cfg)
+    maintenance = Maintenance(pool, cfg.partitions_ahead_months)
+    checks = HealthCheck(cfg, database, pool, buffer, spool)
+
+    app = Flask("backend")
+    app.config.update(MAX_CONTENT_LENGTH=cfg.max_body_bytes, TESTING=cfg.testing)
+    in_flight = admission.install(app, cfg.max_readings_in_flight)  # bounded ingest memory
+    # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
+    fleet = init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
+    svc = Services(cfg, database, pool, buffer, spool, catalogue, in_flight, checks, maintenance, fleet)
+    svc.init_app(app)
+    for module in (health, telemetry, config_routes):
+        app.register_blueprint(module.bp)
+    register_error_handlers(app)
+    svc.start()
+    atexit.register(svc.close)
+    return app
+
+
+def make_buffer(cfg: Config, pool: ConnectionPool, observers: WriteObservers) -> BatchBuffer:
+    return BatchBuffer(
+        PostgresSink(pool, store_raw=cfg.store_raw_payload),
+        batch_size=cfg.batch_size,
+        max_batch_rows=cfg.flush_max_readings,
+        flush_interval=cfg.flush_interval,
+        flush_linger=cfg.flush_linger,
+        max_pending=cfg.buffer_max_readings,
+        max_retries=cfg.max_retries,
+        retry_base_delay=cfg.retry_base_delay,
+        retry_max_delay=cfg.retry_max_delay,
+        write_timeout=max(0.5, cfg.ack_timeout / 2),
+        on_written=observers.notify,
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error is a JSON answer; only a bug (not a client's mistake) is logged with its trace."""
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        resp, is_bug = unexpected_error_response(exc)
+        if is_bug:
+            app.logger.exception("unhandled error")
+        return resp
