@@ -34,9 +34,15 @@ control_socket_disable = True
 def on_starting(server):
     # Once, in the master, before any worker: schema and partitions are ready when workers start.
     from backend.cli import prepare_database
+    from backend.config import Config, ConfigError
 
     try:
-        prepare_database()
+        cfg = Config.from_env()
+    except ConfigError as exc:  # a bad setting: say which, and do not start workers that would fail
+        server.log.error("configuration error: %s", exc)
+        raise SystemExit(2) from None
+    try:
+        prepare_database(cfg)
     except Exception as exc:  # noqa: BLE001 - database down at boot: serve anyway, ingest spools
         server.log.warning("database not reachable at start (%s); migrations run at the next start", exc)
 
@@ -57,8 +63,9 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    # Graceful stop and max_requests recycling: write what this worker still holds.
+    # Graceful stop and max_requests recycling: write what this worker still holds, then
+    # release its connections (Services.close, the same shutdown the tests use).
     app = getattr(worker, "wsgi", None)
     svc = getattr(app, "extensions", {}).get("telemetry") if app is not None else None
     if svc is not None:
-        svc.buffer.close(timeout=graceful_timeout)
+        svc.close(timeout=graceful_timeout)

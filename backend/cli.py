@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from backend.config import Config
+from backend.config import Config, ConfigError
 
 log = logging.getLogger("backend.cli")
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +68,14 @@ def bootstrap_admin_key(data_dir: Path) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dotenv import dotenv_values
+
     cfg = Config.from_env()
     url, handle = resolve_database_url(cfg)
-    env = dict(os.environ, DATABASE_URL=url)
+    # gunicorn.conf.py reads HOST, PORT, GUNICORN_* from its environment: hand it .env's
+    # values too (the environment wins, as in Config.from_env).
+    dotenv = {k: v for k, v in dotenv_values(Path.cwd() / ".env").items() if v is not None}
+    env = {**dotenv, **os.environ, "DATABASE_URL": url}
     if cfg.auth_required and not cfg.admin_api_key:
         env["ADMIN_API_KEY"] = bootstrap_admin_key(Path(cfg.data_dir))
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), *args.gunicorn_args]
@@ -133,4 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2

@@ -1,172 +1,176 @@
 """One Config object, read from the environment (and a .env file when present).
 
-Every variable here is documented in `.env.example`. Names the seed systems already use
-(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, REDIS_URL, PORT) keep their names so an existing
-`.env` keeps working.
+Every variable here is documented in `.env.example`; each field's default and bounds are
+written once, below. Names the seed systems already use (SUPABASE_PROJECT_ID, REDIS_URL,
+PORT) keep their names so an existing `.env` keeps working. A bad value stops the start
+with the variable's name and the reason (`ConfigError`), rather than a traceback later.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources import EnvSettingsSource
+
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=1)]
+# 0 switches the bound off where the field's comment says so.
+Bound = Annotated[int, Field(ge=0)]
 
 
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names each variable and why."""
 
 
-def _int(value: str | None, default: int) -> int:
-    return int(value) if value not in (None, "") else default
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-def _float(value: str | None, default: float) -> float:
-    return float(value) if value not in (None, "") else default
-
-
-def _list(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-@dataclass(frozen=True)
-class Config:
     # Where the data lives. Empty DATABASE_URL means "start an embedded PostgreSQL in DATA_DIR".
     database_url: str = ""
     data_dir: str = "./data"
-    db_pool_min: int = 1
-    db_pool_max: int = 4
+    db_pool_min: Bound = 1
+    db_pool_max: Count = 4
     # Ingest and batching
-    batch_size: int = 500
-    flush_max_readings: int = 5000
-    flush_interval: float = 1.0
-    flush_linger: float = 0.010
-    max_retries: int = 3
-    retry_base_delay: float = 0.2
-    retry_max_delay: float = 30.0
-    buffer_max_readings: int = 200_000
-    ack_timeout: float = 10.0
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_decompressed_bytes: int = 50 * 1024 * 1024
-    max_lines_per_body: int = 100_000
+    batch_size: Count = 500
+    flush_max_readings: Count = 5000
+    flush_interval: Positive = 1.0
+    flush_linger: NonNegative = 0.010
+    max_retries: Count = 3
+    retry_base_delay: NonNegative = 0.2
+    retry_max_delay: NonNegative = 30.0
+    buffer_max_readings: Count = 200_000
+    ack_timeout: Positive = 10.0
+    max_body_bytes: Count = 10 * 1024 * 1024
+    max_decompressed_bytes: Count = 50 * 1024 * 1024
+    max_lines_per_body: Count = 100_000
     store_raw_payload: bool = True
     data_source: str = "flask_api"
-    # Bounded work per request (docs/benchmarks.md, "Bounded work per request").
-    max_readings_in_flight: int = 400_000
-    max_new_fields_per_request: int = 500
-    max_new_fields_per_key_per_hour: int = 2000
-    catalogue_cache_size: int = 20_000
+    # Bounded work per request (docs/benchmarks.md, "Bounded work per request"); 0 = unbounded.
+    max_readings_in_flight: Bound = 400_000
+    max_new_fields_per_request: Bound = 500
+    max_new_fields_per_key_per_hour: Bound = 2000
+    catalogue_cache_size: Count = 20_000
     # Spool (write-ahead log used when PostgreSQL cannot take the write right now)
     spool_dir: str = ""
-    spool_max_bytes: int = 1024 * 1024 * 1024
-    spool_min_free_bytes: int = 256 * 1024 * 1024
-    # /health says "degraded" once the oldest acknowledged, not yet stored reading is older (s).
-    health_max_unflushed_age: float = 60.0
+    spool_max_bytes: Bound = 1024 * 1024 * 1024
+    spool_min_free_bytes: Bound = 256 * 1024 * 1024
+    # /health says "degraded" once the oldest acknowledged, not yet stored reading is older (s); 0 = off.
+    health_max_unflushed_age: NonNegative = 60.0
     # Partitions
-    partitions_ahead_months: int = 3
+    partitions_ahead_months: Bound = 3
     # Auth, limits, CORS
     admin_api_key: str = ""
     auth_required: bool = True
     rate_limit_default: str = "6000/minute"
     rate_limit_ip: str = "12000/minute"
     redis_url: str = ""
-    cors_origins: list[str] = field(default_factory=list)
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    cors_origins: Annotated[list[str], NoDecode] = []
     # Proxies in front of us (nginx: 1) whose X-Forwarded-For is trusted for the client IP.
-    proxy_fix_hops: int = 0
+    proxy_fix_hops: Bound = 0
     # Devices and alerts
-    device_offline_after_s: int = 15 * 60
-    alert_silence_check_s: float = 30.0
+    device_offline_after_s: Count = 15 * 60
+    alert_silence_check_s: Positive = 30.0
     # Webhook URLs that resolve to loopback, link-local (cloud metadata) or private addresses
     # are refused unless this is true.
     alert_webhook_allow_private: bool = False
-    # Seed compatibility: the Supabase project these variables point at
-    supabase_url: str = ""
-    supabase_service_role_key: str = ""
+    # Seed compatibility: the Supabase project shown by /config
     supabase_project_id: str = ""
     # Server
     host: str = "127.0.0.1"
-    port: int = 5000
-    web_concurrency: int = 0
+    port: Annotated[int, Field(ge=0, le=65535)] = 5000
     # Slow clients (backend/http_worker.py): seconds for the header block; for the body, seconds
     # plus one more per CLIENT_BODY_MIN_RATE bytes received.
-    client_header_timeout: float = 10.0
-    client_body_timeout: float = 20.0
-    client_body_min_rate: int = 500
-    client_buffer_max_bytes: int = 64 * 1024 * 1024
+    client_header_timeout: Positive = 10.0
+    client_body_timeout: Positive = 20.0
+    client_body_min_rate: Count = 500
+    client_buffer_max_bytes: Count = 64 * 1024 * 1024
     log_level: str = "INFO"
     testing: bool = False
     # Fault injection, only honoured when testing is on (see docs/reliability.md).
     fault_point: str = ""
 
+    @field_validator("cors_origins", mode="before")
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Config:
-        """Build the config from `env` (default: os.environ after loading .env)."""
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        import logging
+
+        level = value.strip().upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise ValueError("not a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+        return level
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(f"DB_POOL_MIN={self.db_pool_min} is above DB_POOL_MAX={self.db_pool_max}")
+        if self.retry_base_delay > self.retry_max_delay:
+            raise ValueError(f"RETRY_BASE_DELAY={self.retry_base_delay:g} is above"
+                             f" RETRY_MAX_DELAY={self.retry_max_delay:g}")
+        return self
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with `changes`, validated like a fresh Config (model_copy would skip that)."""
+        return Config(**{**self.model_dump(), **changes})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build the config from `env`, or from os.environ and ./.env (the environment wins)."""
         if env is None:
-            try:
-                from dotenv import load_dotenv
+            values = _EnvSettings().model_dump()  # raises ConfigError through Config.__init__
+        else:
+            values = _MappingSource(_EnvSettings, env)()
+        return cls(**{**values, **overrides})
 
-                load_dotenv(Path.cwd() / ".env", override=False)
-            except ImportError:  # pragma: no cover - dotenv is a hard requirement
-                pass
-            env = dict(os.environ)
-        g = env.get
-        cfg = cls(
-            database_url=g("DATABASE_URL", ""),
-            data_dir=g("DATA_DIR", "./data"),
-            db_pool_min=_int(g("DB_POOL_MIN"), 1),
-            db_pool_max=_int(g("DB_POOL_MAX"), 4),
-            batch_size=_int(g("BATCH_SIZE"), 500),
-            flush_max_readings=_int(g("FLUSH_MAX_READINGS"), 5000),
-            flush_interval=_float(g("FLUSH_INTERVAL"), 1.0),
-            flush_linger=_float(g("FLUSH_LINGER"), 0.010),
-            max_retries=_int(g("MAX_RETRIES"), 3),
-            retry_base_delay=_float(g("RETRY_BASE_DELAY"), 0.2),
-            retry_max_delay=_float(g("RETRY_MAX_DELAY"), 30.0),
-            buffer_max_readings=_int(g("BUFFER_MAX_READINGS"), 200_000),
-            ack_timeout=_float(g("ACK_TIMEOUT"), 10.0),
-            max_body_bytes=_int(g("MAX_BODY_BYTES"), 10 * 1024 * 1024),
-            max_decompressed_bytes=_int(g("MAX_DECOMPRESSED_BYTES"), 50 * 1024 * 1024),
-            max_lines_per_body=_int(g("MAX_LINES_PER_BODY"), 100_000),
-            store_raw_payload=_bool(g("STORE_RAW_PAYLOAD"), True),
-            data_source=g("DATA_SOURCE", "flask_api"),
-            max_readings_in_flight=_int(g("MAX_READINGS_IN_FLIGHT"), 400_000),
-            max_new_fields_per_request=_int(g("MAX_NEW_FIELDS_PER_REQUEST"), 500),
-            max_new_fields_per_key_per_hour=_int(g("MAX_NEW_FIELDS_PER_KEY_PER_HOUR"), 2000),
-            catalogue_cache_size=_int(g("CATALOGUE_CACHE_SIZE"), 20_000),
-            spool_dir=g("SPOOL_DIR", ""),
-            spool_max_bytes=_int(g("SPOOL_MAX_BYTES"), 1024 * 1024 * 1024),
-            spool_min_free_bytes=_int(g("SPOOL_MIN_FREE_BYTES"), 256 * 1024 * 1024),
-            health_max_unflushed_age=_float(g("HEALTH_MAX_UNFLUSHED_AGE"), 60.0),
-            partitions_ahead_months=_int(g("PARTITIONS_AHEAD_MONTHS"), 3),
-            admin_api_key=g("ADMIN_API_KEY", ""),
-            auth_required=_bool(g("AUTH_REQUIRED"), True),
-            rate_limit_default=g("RATE_LIMIT_DEFAULT", "6000/minute"),
-            rate_limit_ip=g("RATE_LIMIT_IP", "12000/minute"),
-            redis_url=g("REDIS_URL", ""),
-            cors_origins=_list(g("CORS_ORIGINS")),
-            proxy_fix_hops=_int(g("PROXY_FIX_HOPS"), 0),
-            device_offline_after_s=_int(g("DEVICE_OFFLINE_AFTER_S"), 15 * 60),
-            alert_silence_check_s=_float(g("ALERT_SILENCE_CHECK_S"), 30.0),
-            alert_webhook_allow_private=_bool(g("ALERT_WEBHOOK_ALLOW_PRIVATE"), False),
-            supabase_url=g("SUPABASE_URL", ""),
-            supabase_service_role_key=g("SUPABASE_SERVICE_ROLE_KEY", ""),
-            supabase_project_id=g("SUPABASE_PROJECT_ID", ""),
-            host=g("HOST", "127.0.0.1"),
-            port=_int(g("PORT"), 5000),
-            web_concurrency=_int(g("WEB_CONCURRENCY"), 0),
-            client_header_timeout=_float(g("CLIENT_HEADER_TIMEOUT"), 10.0),
-            client_body_timeout=_float(g("CLIENT_BODY_TIMEOUT"), 20.0),
-            client_body_min_rate=_int(g("CLIENT_BODY_MIN_RATE"), 500),
-            client_buffer_max_bytes=_int(g("CLIENT_BUFFER_MAX_BYTES"), 64 * 1024 * 1024),
-            log_level=g("LOG_LEVEL", "INFO"),
-            testing=_bool(g("TESTING"), False),
-            fault_point=g("FAULT_POINT", ""),
-        )
-        return replace(cfg, **overrides) if overrides else cfg
 
-    def public(self) -> dict[str, Any]:
-        """The settings safe to show an operator (no secrets, no connection strings)."""
-        secret = {"database_url", "admin_api_key", "supabase_service_role_key", "redis_url"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in secret}
+def _explain(exc: ValidationError) -> str:
+    """One line per bad value, by variable name: 'ACK_TIMEOUT: Input should be a valid number'."""
+    lines = []
+    for err in exc.errors():
+        if err["loc"]:
+            lines.append(f"{str(err['loc'][0]).upper()}: {err['msg']} (got {err['input']!r})")
+        else:  # a rule across variables: its message names them
+            lines.append(err["msg"].removeprefix("Value error, "))
+    return "; ".join(lines)
+
+
+class _EnvSettings(BaseSettings, Config):
+    # An empty variable means "the default", as in the .env.example template.
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings)
+
+
+class _MappingSource(EnvSettingsSource):
+    """The environment source over a given mapping instead of os.environ (tests, bench)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = {k.lower(): v for k, v in env.items() if v != ""}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._mapping

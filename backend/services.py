@@ -1,26 +1,68 @@
-"""The per-worker objects a request needs, built once by create_app()."""
+"""The per-worker objects a request needs, built once by create_app() (backend/app.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from flask import current_app
-from psycopg_pool import ConnectionPool
+from flask import Flask, current_app
 
-from backend.config import Config
-from backend.ingest.buffer import BatchBuffer
-from backend.ingest.catalogue import FieldCatalogue
+if TYPE_CHECKING:  # the types only: these modules import services() themselves
+    from psycopg_pool import ConnectionPool
+
+    from backend.api.health import HealthCheck
+    from backend.config import Config
+    from backend.fleet import Fleet
+    from backend.ingest.admission import InFlight
+    from backend.ingest.buffer import BatchBuffer
+    from backend.ingest.catalogue import FieldCatalogue
+    from backend.ingest.spool import Spool
+    from backend.ingest.write_path import WritePath
+    from backend.store.database import Database
+    from backend.store.maintenance import Maintenance
+
+EXTENSION = "telemetry"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
     config: Config
+    database: Database
     pool: ConnectionPool
-    buffer: BatchBuffer
+    write_path: WritePath  # buffer, circuit, spool, replayer
     catalogue: FieldCatalogue
-    extras: dict[str, Any] = field(default_factory=dict)
+    admission: InFlight
+    health: HealthCheck
+    maintenance: Maintenance
+    fleet: Fleet
+
+    @property
+    def buffer(self) -> BatchBuffer:
+        return self.write_path.buffer
+
+    @property
+    def spool(self) -> Spool | None:  # None when SPOOL_DIR=off or the directory is unusable
+        return self.write_path.spool
+
+    def start(self) -> None:
+        self.write_path.start()
+        self.maintenance.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop everything of this worker: write what is pending, then release the database.
+
+        The one shutdown path: gunicorn's worker_exit, atexit and the tests' fixtures. Safe
+        to call more than once.
+        """
+        self.write_path.close(timeout)  # first: it may still need the pool (or the spool)
+        self.fleet.close()
+        self.maintenance.stop()
+        self.health.close()
+        self.pool.close()
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions[EXTENSION] = self
 
 
 def services() -> Services:
-    return current_app.extensions["telemetry"]
+    return current_app.extensions[EXTENSION]

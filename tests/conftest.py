@@ -94,10 +94,7 @@ def app(db, app_config):
 
     application = create_app(app_config)
     yield application
-    svc = application.extensions["telemetry"]
-    application.extensions["write_path"].close(5)
-    application.extensions["fleet"].close()
-    svc.pool.close()
+    application.extensions["telemetry"].close(5)
 
 
 @pytest.fixture
@@ -110,22 +107,17 @@ def client(app):
 @pytest.fixture
 def make_app(db, app_config):
     """Factory: make_app(**config_overrides) -> app on the emptied test database; closed at teardown."""
-    from dataclasses import replace
-
     from backend import create_app
 
     apps = []
 
     def factory(**overrides):
-        apps.append(create_app(replace(app_config, **overrides)))
+        apps.append(create_app(app_config.replace(**overrides)))
         return apps[-1]
 
     yield factory
     for application in apps:
-        svc = application.extensions["telemetry"]
-        application.extensions["write_path"].close(5)
-        application.extensions["fleet"].close()
-        svc.pool.close()
+        application.extensions["telemetry"].close(5)
 
 
 @pytest.fixture

@@ -145,3 +145,25 @@ def test_readme_try_it_waits_for_health_before_using_the_service(database_url, t
             wait_step.kill()
     assert wait_step.returncode == 0, (step, err)
     assert '"status"' in out, out
+
+
+def _bad_config_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "PYTEST_"))}
+    env.update(DATABASE_URL=database_url, ACK_TIMEOUT="ten seconds", PORT=str(free_port()), WEB_CONCURRENCY="1")
+    return env
+
+
+def test_a_bad_setting_stops_the_cli_with_its_name_and_reason(database_url):
+    proc = subprocess.run([sys.executable, "-m", "backend", "migrate"], cwd=ROOT, env=_bad_config_env(database_url),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "configuration error: ACK_TIMEOUT: Input should be a valid number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_setting_stops_gunicorn_before_any_worker(database_url):
+    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")], cwd=ROOT,
+                          env=_bad_config_env(database_url), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "configuration error: ACK_TIMEOUT: Input should be a valid number" in proc.stderr, proc.stderr[-2000:]
+    assert "Booting worker" not in proc.stderr

@@ -98,10 +98,8 @@ def flush() -> Response:
 def batch_status(_p: dict[str, Any]) -> Response:
     svc = services()
     body = {"success": True, **svc.buffer.status(), "timestamp": now_iso()}
-    spool = svc.extras.get("spool")
-    if spool is not None:
-        body["spool"] = spool.status()
+    if svc.spool is not None:
+        body["spool"] = svc.spool.status()
     body["catalogue"] = svc.catalogue.status()
-    if "admission" in svc.extras:
-        body["admission"] = svc.extras["admission"].status()
+    body["admission"] = svc.admission.status()
     return json_response(body)

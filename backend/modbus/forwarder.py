@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import random
 import socket
 import sqlite3
 import ssl
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
+from .backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class Forwarder:
         self.timeout = timeout
         self.retry_min = retry_min
         self.retry_max = retry_max
+        self._backoff = Backoff(retry_min, retry_max)
         self.auth_retry = auth_retry
         self.session = session or requests.Session()
         self.session.headers.update(
@@ -335,7 +336,7 @@ class Forwarder:
 
     def _retry(self, status: int | None, text: str, retry_after: str | None) -> SendOutcome:
         self._failures += 1
-        delay = min(self.retry_max, self.retry_min * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.0)
+        delay = self._backoff.delay(self._failures)
         hinted = _parse_retry_after(retry_after)
         if hinted is not None:
             delay = min(self.retry_max, max(delay, hinted))

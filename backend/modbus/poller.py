@@ -28,6 +28,7 @@ from pymodbus.client.base import ModbusBaseSyncClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from .backoff import Backoff
 from .config import Config, ConnectionConfig, DeviceConfig
 from .registers import ReadBlock, Table, Value, decode_block, plan_reads
 
@@ -192,7 +193,7 @@ def _short(exc: Exception) -> str:
 
 
 def _backoff(low: float, high: float, failures: int) -> float:
-    return min(high, low * (2 ** max(0, failures - 1)))
+    return Backoff(low, high).delay(failures)
 
 
 class ConnectionWorker:

@@ -258,7 +258,7 @@ def test_damaged_spool_is_delivered_counted_and_moved_aside(make_live_server, da
     assert st["corrupt_on_disk"] == {"segments": 3, "records": 3, "bytes": st["corrupt_on_disk"]["bytes"],
                                      "missing_segments": 1}
     assert sum(s["spool"]["corrupt_records_total"] for s in statuses.values()) == 3
-    health = server.get("/health").json()
+    health = server.get("/health?details=1").json()
     assert health["spool"]["corrupt_on_disk"]["records"] == 3
     assert len(list((server.workdir / "spool" / "corrupt").glob("*.wal"))) == 3
     time.sleep(2)
@@ -417,19 +417,19 @@ def test_health_and_status_show_spool_depth_age_and_counts(make_live_server, db_
     body = "device_id:st-1,seq:1,ts:2026-01-01T00:00:00Z\ndevice_id:st-1,seq:2,ts:2026-01-01T00:00:01Z"
     r = server.post("/telemetry", data=body, headers={"Content-Type": "text/plain"})
     assert r.status_code == 200 and r.json()["durability"] == "spooled"
-    wait_for(lambda: server.get("/health").json()["spool"]["oldest_unflushed_age_s"] > 0)
-    for path in ("/health", "/telemetry/batch/status"):
+    wait_for(lambda: server.get("/health?details=1").json()["spool"]["oldest_unflushed_age_s"] > 0)
+    for path in ("/health?details=1", "/telemetry/batch/status"):
         resp = server.get(path)
         sp = resp.json()["spool"]
         assert sp["depth_bytes"] > 0 and sp["depth_segments"] == 1
         assert sp["own_pending_readings"] == 2 and sp["oldest_unflushed_age_s"] > 0
         for key in ("replayed_readings_total", "corrupt_records_total", "corrupt_on_disk", "accepting"):
             assert key in sp
-    health = server.get("/health")
+    health = server.get("/health?details=1")
     assert health.status_code == 503 and health.json()["batch_status"]["circuit"]["state"] == "open"
     db_proxy.up()
     assert wait_for(lambda: server.get("/telemetry/batch/status").json()["spool"]["depth_bytes"] == 0, 30)
-    sp = server.get("/health").json()["spool"]
+    sp = server.get("/health?details=1").json()["spool"]
     assert sp["replayed_readings_total"] == 2 and sp["oldest_unflushed_age_s"] == 0.0
 
 

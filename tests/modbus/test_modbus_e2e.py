@@ -21,7 +21,7 @@ from backend.modbus.simulator import SimServer, SimulatedDevice
 from tests.live_server import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def queued(path: Path) -> list[dict[str, Any]]:
@@ -176,7 +176,7 @@ def test_all_four_word_orders_land_exactly_in_postgres(live_server, tmp_path: Pa
     import shutil
 
     from backend.modbus.registers import shortest_float32
-    from tests.test_modbus_poller import NIVUS_VALUES, SocatPair
+    from tests.modbus.test_modbus_poller import NIVUS_VALUES, SocatPair
 
     orders = list(WordOrder)
     sims = []

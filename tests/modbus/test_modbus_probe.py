@@ -16,7 +16,7 @@ from backend.modbus.registers import DataType, Table, WordOrder
 from backend.modbus.simulator import SimServer, SimulatedDevice
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

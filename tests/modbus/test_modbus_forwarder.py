@@ -27,7 +27,7 @@ from backend.modbus.simulator import SimServer, SimulatedDevice
 from tests.live_server import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RecordingApi:

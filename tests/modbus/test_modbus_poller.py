@@ -387,7 +387,7 @@ def test_serial_adapter_unplugged_and_back(socat_pair_factory):
 
 
 def test_example_config_is_valid():
-    example = Path(__file__).resolve().parent.parent / "docker" / "modbus.example.toml"
+    example = Path(__file__).resolve().parents[2] / "docker" / "modbus.example.toml"
     config = load_config(example, env={"FLUXIO_API_KEY": "k"})
     assert config.api is not None and config.api.api_key == "k"
     assert {c.transport for c in config.connections.values()} == {"tcp", "rtu", "rtu_over_tcp"}
