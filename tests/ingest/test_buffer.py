@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,12 +44,12 @@ def make_write_path(db_proxy, db, tmp_path):
     def factory(spool: bool = True, max_bytes: int = 64 * 2**20, chunk_rows: int = 100, write_timeout: float = 1.0,
                 probe_timeout: float = 1.0, observers: WriteObservers | None = None, **kw) -> WritePath:
         pool = make_pool(db_proxy.url, 1, 4)
-        fields = dict(batch_size=100, flush_max_readings=0, flush_interval=0.05, flush_linger=0.0, max_retries=2,
+        fields = dict(batch_size=100, flush_max_readings=100, flush_interval=0.05, flush_linger=0.0, max_retries=2,
                       retry_base_delay=0.01, retry_max_delay=0.2, ack_timeout=2 * write_timeout,
                       spool_dir=str(tmp_path / f"spool{len(made)}") if spool else "off", spool_max_bytes=max_bytes,
                       spool_min_free_bytes=0, data_dir=str(tmp_path))
         fields.update(kw)
-        wp = WritePath.build(replace(Config(), **fields), pool, observers or WriteObservers(),
+        wp = WritePath.build(Config().replace(**fields), pool, observers or WriteObservers(),
                              probe_timeout=probe_timeout, replay_scan_interval=0.1, replay_chunk_rows=chunk_rows)
         made.append((wp, pool))
         return wp.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 from backend.config import Config
 from backend.ingest.faults import Faults
@@ -15,7 +14,7 @@ from tests.live_server import wait_for
 
 
 def _cfg(tmp_path, **kw) -> Config:
-    return replace(Config(), data_dir=str(tmp_path), spool_dir=str(tmp_path / "spool"), spool_min_free_bytes=0,
+    return Config().replace(data_dir=str(tmp_path), spool_dir=str(tmp_path / "spool"), spool_min_free_bytes=0,
                    batch_size=50, flush_interval=0.05, flush_linger=0.0, **kw)
 
 
@@ -77,7 +76,7 @@ def test_fault_points_belong_to_one_write_path_not_the_process(database_url, tmp
 
 def test_no_spool_configured_builds_without_replayer(database_url, tmp_path):
     pool = make_pool(database_url, 1, 2)
-    wp = WritePath.build(replace(_cfg(tmp_path), spool_dir="off"), pool, WriteObservers())
+    wp = WritePath.build(_cfg(tmp_path).replace(spool_dir="off"), pool, WriteObservers())
     try:
         assert wp.spool is None and wp.replayer is None and wp.buffer.spool is None
     finally:
