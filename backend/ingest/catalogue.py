@@ -28,11 +28,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from backend.ingest.deadline import DeadlineRunner, WriteTimeout
 from backend.ingest.parsing import ParseError, Reading
 from backend.ingest.parsing.base import Message
+
+if TYPE_CHECKING:
+    from backend.config import Config
+    from backend.ingest.buffer import BatchBuffer
+    from backend.ingest.guarded_pool import GuardedPool
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ class CatalogueLimit(Exception):
 class FieldCatalogue:
     def __init__(
         self,
-        pool: Any,
+        pool: GuardedPool,
         *,
         timeout: float = 5.0,
         cache_size: int = 20_000,
@@ -76,7 +83,7 @@ class FieldCatalogue:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_buffer(cls, pool: Any, buffer: Any, cfg: Any) -> FieldCatalogue:
+    def for_buffer(cls, pool: GuardedPool, buffer: BatchBuffer, cfg: Config) -> FieldCatalogue:
         """The catalogue of a worker: the buffer's write deadline, its circuit, the config's bounds."""
         return cls(pool, timeout=buffer.write_timeout, cache_size=cfg.catalogue_cache_size,
                    max_new_per_request=cfg.max_new_fields_per_request,
@@ -197,7 +204,7 @@ class FieldCatalogue:
                 self._remember_locked(name, vtype)
         return found
 
-    def _register(self, conn: Any, new: dict[str, str], key_id: str | None) -> None:
+    def _register(self, conn: psycopg.Connection, new: dict[str, str], key_id: str | None) -> None:
         if 0 < self.max_new_per_request < len(new):
             raise CatalogueLimit("too_many_new_fields",
                 f"the body has {len(new)} new metric names (not yet in the field catalogue);"
