@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Config, ConfigError, ConnectionConfig, load_config
-from .forwarder import DiskQueue, Forwarder
+from .forwarder import Forwarder
+from .planning import plan_reads
 from .poller import Poller, make_client, poll_once
 from .probe import probe
-from .registers import parse_address, parse_table, plan_reads
+from .queue import DiskQueue
+from .registers import parse_address, parse_table
 
 log = logging.getLogger("backend.modbus")
 

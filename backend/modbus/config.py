@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import nivus
+from .planning import plan_reads
 from .registers import (
     DataType,
     RegisterEntry,
@@ -24,20 +25,16 @@ from .registers import (
     merge_entries,
     parse_address,
     parse_table,
-    plan_reads,
 )
+from .toml_section import ConfigError, Section
 
 TRANSPORTS = ("tcp", "rtu", "rtu_over_tcp")
 # Same character rules as the ingest API (backend/parsing/base.py) so a name that the
 # API would reject is caught at startup instead of dead-lettering every batch.
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
-DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+DEVICE_RE = re.compile(r"\A[A-Za-z0-9_.:\-]{1,128}\Z")  # \Z: "$" also matches before a final newline
 HEALTH_METRICS = ("modbus_ok", "modbus_error")
 DEFAULT_API_KEY_ENV = "FLUXIO_API_KEY"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -111,74 +108,13 @@ class Config:
         return [d for d in self.devices if d.connection == connection]
 
 
-# ---- small typed getters -----------------------------------------------------------------
-
-
-class _Section:
-    """A TOML table plus its location, with typed getters that complain precisely."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a table")
-        self.data = data
-        self.where = where
-        self.used: set[str] = set()
-
-    def _get(self, key: str, default: Any) -> Any:
-        self.used.add(key)
-        return self.data.get(key, default)
-
-    def err(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where}.{key}: {message}")
-
-    def str_(self, key: str, default: str | None = None) -> str:
-        value = self._get(key, default)
-        if value is None:
-            raise self.err(key, "is required")
-        if not isinstance(value, str):
-            raise self.err(key, f"expected a string, got {value!r}")
-        return value
-
-    def int_(self, key: str, default: int | None = None, low: int | None = None, high: int | None = None) -> int:
-        value = self._get(key, default)
-        if value is None:
-            raise self.err(key, "is required")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.err(key, f"expected an integer, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self.err(key, f"{value} is outside {low}..{high}")
-        return value
-
-    def float_(self, key: str, default: float | None = None, low: float = 0.0) -> float:
-        value = self._get(key, default)
-        if value is None:
-            raise self.err(key, "is required")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.err(key, f"expected a number, got {value!r}")
-        if value < low:
-            raise self.err(key, f"must be >= {low}")
-        return float(value)
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
-        value = self.str_(key, default)
-        if value not in choices:
-            raise self.err(key, f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    def check_unknown(self) -> None:
-        # Typos like `poll_periode` would otherwise silently fall back to defaults.
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.where}: unknown key(s) {', '.join(unknown)}")
-
-
 # ---- sections ----------------------------------------------------------------------------
 
 
 def _api(data: Any, env: Mapping[str, str], require_key: bool = True) -> ApiConfig | None:
     if data is None:
         return None
-    s = _Section(data, "api")
+    s = Section(data, "api")
     url = s.str_("url")
     if not url.startswith(("http://", "https://")):
         raise s.err("url", "must start with http:// or https://")
@@ -208,7 +144,7 @@ def _api(data: Any, env: Mapping[str, str], require_key: bool = True) -> ApiConf
 
 
 def _queue(data: Any, base_dir: Path) -> QueueConfig:
-    s = _Section(data or {}, "queue")
+    s = Section(data or {}, "queue")
     path = s.str_("path", "modbus-queue.sqlite3")
     if path != ":memory:" and not os.path.isabs(path):
         # Relative to the config file so the same file works wherever it is started.
@@ -224,7 +160,7 @@ def _queue(data: Any, base_dir: Path) -> QueueConfig:
 
 
 def _connection(name: str, data: Any) -> ConnectionConfig:
-    s = _Section(data, f"connections.{name}")
+    s = Section(data, f"connections.{name}")
     transport = s.choice("transport", TRANSPORTS)
     if transport == "rtu":
         fields: dict[str, Any] = {
@@ -252,7 +188,7 @@ def _connection(name: str, data: Any) -> ConnectionConfig:
 
 
 def _register(data: Any, where: str, address_base: int, default_order: WordOrder, default_table: str) -> RegisterEntry:
-    s = _Section(data, where)
+    s = Section(data, where)
     name = s.str_("name")
     try:
         table_name = s.str_("table", "")
@@ -304,7 +240,7 @@ def _register(data: Any, where: str, address_base: int, default_order: WordOrder
 
 def _device(index: int, data: Any, connections: Mapping[str, ConnectionConfig]) -> DeviceConfig:
     where = f"devices[{index}]"
-    s = _Section(data, where)
+    s = Section(data, where)
     device_id = s.str_("id")
     if not DEVICE_RE.match(device_id):
         raise s.err("id", f"{device_id!r}: use 1-128 characters from A-Z a-z 0-9 _ . : -")
@@ -383,7 +319,7 @@ def parse_config(
 ) -> Config:
     """Validate an already-parsed TOML document."""
     env = os.environ if env is None else env
-    top = _Section(data, "config")
+    top = Section(data, "config")
     api = _api(top._get("api", None), env, require_key=require_api)
     if api is None and require_api:
         raise ConfigError("[api]: section is required (url and api key of the ingest service)")

@@ -30,7 +30,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from .backoff import Backoff
 from .config import Config, ConnectionConfig, DeviceConfig
-from .registers import ReadBlock, Table, Value, decode_block, plan_reads
+from .planning import plan_reads
+from .registers import ReadBlock, Table, Value, decode_block
 
 log = logging.getLogger(__name__)
 

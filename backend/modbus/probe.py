@@ -8,6 +8,7 @@ appears one row lower than expected the manual is 1-based.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pymodbus.client.base import ModbusBaseSyncClient
@@ -20,9 +21,27 @@ from .registers import (
     RegisterEntry,
     Table,
     WordOrder,
-    decode_all_orders,
-    plausible_float,
+    decode_raw,
 )
+
+PROBE_TYPES = (DataType.FLOAT32, DataType.INT32, DataType.UINT32)
+
+
+def decode_all_orders(
+    pair: Sequence[int], dtypes: Sequence[DataType] = PROBE_TYPES
+) -> dict[WordOrder, dict[DataType, int | float]]:
+    """A register pair decoded as every 32-bit type in every order."""
+    return {order: {dtype: decode_raw(pair, dtype, order) for dtype in dtypes} for order in WordOrder}
+
+
+def plausible_float(value: float) -> bool:
+    """A cheap "could a transmitter mean this" test to point an installer at an order.
+
+    Wrong orders usually yield NaN, denormals or astronomically large numbers.
+    """
+    if not math.isfinite(value):
+        return False
+    return value == 0.0 or 1e-4 <= abs(value) <= 1e7
 
 
 def read_range(

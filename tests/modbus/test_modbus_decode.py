@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from pymodbus.client import ModbusTcpClient
 
 from backend.modbus import nivus
+from backend.modbus.planning import plan_reads
+from backend.modbus.probe import decode_all_orders, plausible_float
 from backend.modbus.registers import (
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
@@ -21,14 +23,11 @@ from backend.modbus.registers import (
     RegisterEntry,
     Table,
     WordOrder,
-    decode_all_orders,
     decode_block,
     decode_entry,
     decode_raw,
     encode_raw,
     parse_address,
-    plan_reads,
-    plausible_float,
     shortest_float32,
 )
 

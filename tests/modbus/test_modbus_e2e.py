@@ -151,7 +151,8 @@ backoff_max = 0.5
 
 
 def test_wrong_api_key_keeps_readings_queued_until_the_key_is_fixed(live_server, tmp_path: Path):
-    from backend.modbus.forwarder import DiskQueue, Forwarder
+    from backend.modbus.forwarder import Forwarder
+    from backend.modbus.queue import DiskQueue
 
     queue = DiskQueue(tmp_path / "queue.sqlite3")
     record = {"device_id": "nivus-key", "ts": "2026-03-01T12:00:00.000+00:00", "flow_rate": 1.25, "modbus_ok": 1}

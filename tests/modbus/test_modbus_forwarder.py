@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from backend.modbus.forwarder import DiskQueue, Forwarder, _parse_retry_after
+from backend.modbus.forwarder import Forwarder, _parse_retry_after
+from backend.modbus.queue import DiskQueue
 from backend.modbus.simulator import SimServer, SimulatedDevice
 from tests.live_server import free_port, wait_for
 
