@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from psycopg.conninfo import conninfo_to_dict
@@ -37,6 +38,10 @@ class Database:
     def resolve(cls, cfg: Config) -> Database:
         """DATABASE_URL, else the embedded server in DATA_DIR (started or attached to)."""
         if cfg.database_url:
+            socket_dir = conninfo_to_dict(cfg.database_url).get("host") or ""
+            if socket_dir and Path(socket_dir).resolve() == (Path(cfg.data_dir) / "pg").resolve():
+                # `serve` started the embedded server and handed its URL to the workers.
+                return cls(cfg.database_url, "embedded", "embedded")
             return cls.from_url(cfg.database_url)
         from backend.store.embedded import start_embedded
 

@@ -143,3 +143,14 @@ def test_health_degraded_when_the_oldest_unflushed_reading_is_too_old(make_app, 
         assert lenient.status_code == 200 and lenient.json["status"] == "healthy" and "reason" not in lenient.json
     finally:
         other.close()
+
+
+def test_database_kind_is_embedded_when_serve_hands_the_embedded_url_to_the_workers(tmp_path):
+    # `python -m backend serve` starts the embedded server and passes its socket URL on as
+    # DATABASE_URL; the workers must still say "embedded", never "postgresql".
+    from backend.config import Config
+    from backend.store.database import Database
+
+    url = f"postgresql://postgres:@/postgres?host={tmp_path / 'pg'}"
+    assert Database.resolve(Config(database_url=url, data_dir=str(tmp_path))).kind == "embedded"
+    assert Database.resolve(Config(database_url=url, data_dir=str(tmp_path / "other"))).kind == "postgresql"
