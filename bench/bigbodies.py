@@ -151,32 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import tempfile
 
-    import psycopg
-
-    from backend.store.migrations import migrate
-    from backend.store.partitions import ensure_partitions
-
-    from .run import resolve_admin_url, with_dbname
+    from .run import resolve_admin_url, scratch_database
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--admin-url", default=None)
     args = ap.parse_args(argv)
     admin, _handle = resolve_admin_url(args.admin_url)
-    name = f"bench_big_{int(time.time())}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_dbname(admin, name)
-    try:
-        migrate(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            ensure_partitions(conn, 3)
+    with scratch_database(admin, f"bench_big_{int(time.time())}") as url:
         r = big_bodies(url, Path(tempfile.mkdtemp(prefix="bench-big-")), args.quick)
         print(json.dumps(r, indent=1))
         print("\n".join(render(r)))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 

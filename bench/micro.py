@@ -19,16 +19,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import psutil
-import psycopg
 
 from backend.ingest.parsing import ParseContext, Reading, get_parser
 from backend.ingest.sinks import Submission
 from backend.ingest.sinks.postgres import PostgresSink
-from backend.store.migrations import migrate
-from backend.store.partitions import ensure_partitions
 from backend.store.pool import make_pool
 
-from .run import resolve_admin_url, with_dbname
+from .run import resolve_admin_url, scratch_database
 
 
 def parse(rounds: int) -> None:
@@ -59,14 +56,7 @@ def parse(rounds: int) -> None:
 
 def flush(flushes: int, admin_url: str | None) -> None:
     admin, handle = resolve_admin_url(admin_url)
-    name = f"micro_{time.strftime('%Y%m%d_%H%M%S')}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_dbname(admin, name)
-    try:
-        migrate(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            ensure_partitions(conn, 3)
+    with scratch_database(admin, f"micro_{time.strftime('%Y%m%d_%H%M%S')}") as url:
         pool = make_pool(url, 1, 1)
         sink = PostgresSink(pool)
         with pool.connection() as conn:
@@ -99,10 +89,7 @@ def flush(flushes: int, admin_url: str | None) -> None:
             print(f"flush of {requests:2} request(s) x {readings:4} readings ({method:6}): PostgreSQL"
                   f" {cpu / flushes * 1000:6.2f} ms per flush, {cpu / total * 1e6:5.1f} us per reading")
         pool.close()
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        del handle
+    del handle
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -435,6 +437,25 @@ def with_dbname(url: str, name: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     info["dbname"] = name
     return psycopg.conninfo.make_conninfo(**info)
+
+
+@contextmanager
+def scratch_database(admin: str, name: str) -> Iterator[str]:
+    """A new, migrated database with its partitions, dropped afterwards; yields its URL."""
+    from backend.store.migrations import migrate
+    from backend.store.partitions import ensure_partitions
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_dbname(admin, name)
+    try:
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            ensure_partitions(conn, 3)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def server_env() -> dict[str, str]:
