@@ -286,7 +286,11 @@ def worker_statuses(server: Any, attempts: int = 12) -> dict[int, dict[str, Any]
             body = r.json()
         except (requests.RequestException, ValueError):
             continue
-        seen[body.get("worker_pid")] = body
+        if r.status_code != 200 or "worker_pid" not in body:
+            # A refusal is no worker's status (a full-suite run once got one without "spool" here).
+            print(f"worker_statuses: {r.status_code} {str(body)[:300]}", file=sys.stderr)
+            continue
+        seen[body["worker_pid"]] = body
     return seen
 
 

@@ -262,7 +262,7 @@ def test_damaged_spool_is_delivered_counted_and_moved_aside(make_live_server, da
         on_disk = [{k: s["spool"]["corrupt_on_disk"][k] for k in expected} for s in statuses.values()]
         return statuses if len(statuses) == 2 and all(d == expected for d in on_disk) else None
 
-    statuses = wait_for(settled, 15)
+    statuses = wait_for(settled, 20, interval=0.5)  # slow polls: the key's rate limit is 100/s
     assert all(s["spool"]["corrupt_on_disk"]["bytes"] > 0 for s in statuses.values())
     assert sum(s["spool"]["corrupt_records_total"] for s in statuses.values()) == 3
     health = server.get("/health?details=1").json()
