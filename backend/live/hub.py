@@ -75,6 +75,10 @@ class Hub:
     def count(self) -> int:
         return sum(len(s) for s in self._groups.values())
 
+    def missed_total(self) -> int:
+        """Events dropped for the open subscribers (each one is told with `event: missed`)."""
+        return sum(sub.missed_total for group in self._groups.values() for sub in group)
+
     def subscribe(self, devices: frozenset[str] | None, metrics: frozenset[str] | None) -> Subscriber:
         sub = Subscriber(devices, metrics, self.queue_events)
         self._groups[sub.key].add(sub)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 PARAMS = {"token", "device_id", "metric", "last_event_id"}
 MAX_FILTER_VALUES = 100
 MAX_NAME_LEN = 200
+SEND_BUFFER_BYTES = 64 * 1024
 
 
 class StreamParamError(ValueError):
@@ -90,7 +92,8 @@ class StreamServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "subscribers": self.hub.count, "cursor": self.hub.cursor,
-                                  "dispatched_events": self.hub.dispatched_events, "wakeups": self.feed.wakeups},
+                                  "dispatched_events": self.hub.dispatched_events, "wakeups": self.feed.wakeups,
+                                  "missed_events": self.hub.missed_total()},
                                  dumps=lambda o: orjson.dumps(o).decode())
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -122,6 +125,11 @@ class StreamServer:
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no", **cors})
         await resp.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is not None:
+            # A small kernel buffer per stream: a stalled client holds ~64 KB there, not megabytes
+            # (500 of them would otherwise pin gigabytes), and its bounded queue takes over.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         sub = self.hub.subscribe(devices, metrics)  # live events queue from here on
         try:
             await resp.write(retry_frame(2000))
