@@ -49,7 +49,9 @@ class SocketIOBridge:
 
     @staticmethod
     def _origins(cfg: Config) -> list[str]:
-        own = [f"{s}://{h}:{cfg.port}" for s in ("http", "https") for h in ("127.0.0.1", "localhost", cfg.host)]
+        # The service's page (PORT) and this process itself (STREAM_PORT); the token is the gate.
+        own = [f"{s}://{h}:{p}" for s in ("http", "https") for h in ("127.0.0.1", "localhost", cfg.host)
+               for p in (cfg.port, cfg.stream_port)]
         return [*own, *cfg.cors_origins]
 
     async def connect(self, sid: str, environ: dict[str, object], auth: object = None) -> bool:
