@@ -93,6 +93,10 @@ function route() {
   const name = m ? "device" : hash === "#/alerts" ? "alerts" : hash === "#/health" ? "health" : "overview";
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${name}`;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === name);
+  const badge = document.getElementById("live-mode");
+  badge.textContent = "refresh 2 s"; // a view with a live feed says which one it uses
+  badge.dataset.mode = "refresh";
+  window.dashboardLive = { mode: "refresh" };
   current = m ? new DeviceView(decodeURIComponent(m[1])) : VIEWS[name]();
   Promise.resolve(current.start()).catch((exc) => {
     if (!(exc instanceof ApiError && exc.status === 401)) console.error(exc);

@@ -110,7 +110,8 @@ export class DeviceChart {
       return { x, y, name: m, type: "scatter", mode: "lines+markers", marker: { size: 3 }, connectgaps: false };
     });
     const layout = {
-      margin: { l: 50, r: 20, t: 10, b: 40 }, height: 420, showlegend: true, legend: { orientation: "h" },
+      margin: { l: 50, r: 20, t: 40, b: 50 }, height: 420, showlegend: true,
+      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
       xaxis: { type: "date", title: { text: "time (UTC)" }, range: [plotTime(range.startMs), plotTime(range.endMs)] },
       yaxis: { zeroline: false }, uirevision: `${device}|${metrics.join(",")}`,
     };

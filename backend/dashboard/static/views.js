@@ -123,11 +123,17 @@ export class HealthView {
 
   totals(status) {
     const pick = (s) => Object.fromEntries(COUNTERS.map((k) => [k, Number(s[k] || 0)]));
-    if (status.workers !== undefined) return { sums: pick(status), scope: "whole service", n: status.workers };
+    const w = status.workers;
+    if (w !== undefined) {
+      const n = Array.isArray(w) ? w.length : typeof w === "object" ? Object.keys(w).length : Number(w);
+      return { sums: pick(status), scope: `the whole service (${n} worker${n === 1 ? "" : "s"})` };
+    }
     this.perWorker.set(status.worker_pid, pick(status));
     const sums = Object.fromEntries(COUNTERS.map((k) => [k, 0]));
-    for (const w of this.perWorker.values()) for (const k of COUNTERS) sums[k] += w[k];
-    return { sums, scope: "added up from the workers seen so far", n: this.perWorker.size };
+    for (const v of this.perWorker.values()) for (const k of COUNTERS) sums[k] += v[k];
+    const pids = [...this.perWorker.keys()].join(", ");
+    return { sums, scope: `only the worker(s) that answered (pid ${pids}): this service's /telemetry/batch/status`
+      + " reports one worker per answer" };
   }
 
   async refresh() {
@@ -135,7 +141,7 @@ export class HealthView {
       api("/telemetry/batch/status"),
       api("/health", { params: { details: 1 } }).catch((exc) => exc.body || { status: "unreachable" }),
     ]);
-    const { sums, scope, n } = this.totals(status);
+    const { sums, scope } = this.totals(status);
     const now = performance.now();
     if (this.prev) {
       const dt = (now - this.prev.t) / 1000;
@@ -154,11 +160,20 @@ export class HealthView {
     const c = document.getElementById("h-circuit");
     c.textContent = circuit;
     c.className = `value circuit-${circuit}`;
-    set("h-scope", `Figures: ${scope} (${n} worker${n === 1 ? "" : "s"}).`);
+    set("h-scope", `Figures of ${scope}.`);
     const hs = document.getElementById("h-status");
     hs.textContent = health.status;
     hs.className = `status ${health.status}`;
-    set("h-detail", JSON.stringify({ database: health.database, oldest_unflushed_age_s: health.oldest_unflushed_age_s,
-      spool: health.spool, circuit: status.circuit }, null, 2));
+    const db = health.database || {};
+    const rows = [
+      ["database", `${db.kind ?? "?"} ${db.name ?? ""} ${db.connected ? "connected" : "NOT connected"}`],
+      ["oldest unflushed reading", `${health.oldest_unflushed_age_s ?? 0} s`],
+      ["spool", spool.enabled === false ? "off" : `${spool.accepting ? "accepting" : "refusing"}, `
+        + `${spool.own_pending_readings ?? 0} readings waiting, ${spool.replayed_readings_total ?? 0} replayed`],
+      ["circuit", `${circuit}${status.circuit && status.circuit.reason ? ` (${status.circuit.reason})` : ""}`],
+      ["duplicates", sums.duplicates_total],
+      ["last error", status.last_error ? `${status.last_error} at ${status.last_error_at}` : "none"],
+    ];
+    document.getElementById("h-detail").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   }
 }
