@@ -5,23 +5,38 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, render_template, send_file, send_from_directory
+from flask import Blueprint, Response, render_template, request, send_file, send_from_directory
 
 from backend.api.responses import error_response
 from backend.fleet.auth import PUBLIC, requires
+from backend.services import services
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 bp = Blueprint("dashboard", __name__, template_folder=str(HERE / "templates"), static_folder=None)
 
-# The page loads scripts and styles only from this service and talks only to it; plotly
-# writes inline styles and SVG data: URIs, nothing else is allowed in.
+# The page loads scripts and styles only from this service and talks only to it and to its
+# stream process (another port, or STREAM_PUBLIC_URL); plotly writes inline styles and SVG
+# data: URIs. Nothing else is allowed in.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:;"
-       " connect-src 'self'; font-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none';"
-       " form-action 'self'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+       " connect-src 'self'{stream}; font-src 'self' data:; object-src 'none'; base-uri 'none';"
+       " frame-ancestors 'none'; form-action 'self'")
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
+def stream_origin() -> str:
+    """The origin the page's EventSource connects to, as POST /api/stream/token will name it."""
+    cfg = services().config
+    if not cfg.stream_enabled:
+        return ""
+    if cfg.stream_public_url:
+        parts = urlsplit(cfg.stream_public_url)
+        return f" {parts.scheme}://{parts.netloc}" if parts.netloc else ""  # a path is 'self'
+    host = urlsplit(f"//{request.host}").hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f" {request.scheme}://{host}:{cfg.stream_port}"
 
 
 @functools.cache
@@ -39,6 +54,7 @@ def plotly_bundle() -> Path | None:
 def index() -> Response:
     resp = Response(render_template("dashboard.html"), mimetype="text/html")
     resp.headers.update(SECURITY_HEADERS)
+    resp.headers["Content-Security-Policy"] = CSP.format(stream=stream_origin())
     resp.headers["Cache-Control"] = "no-store"
     return resp
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.live.conftest import stream_env, wait_stream_up
 from tests.live_server import ROOT, LiveServer
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -24,7 +25,7 @@ OFFLINE_AFTER_S = 3  # DEVICE_OFFLINE_AFTER_S for these servers: "silent" within
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +37,42 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+def make_dash_server(make_live_server, stream: bool = True) -> LiveServer:
+    """gunicorn (2 workers) with, when `stream`, its SSE stream process on a free port."""
+    env = {"DEVICE_OFFLINE_AFTER_S": str(OFFLINE_AFTER_S), "ALERT_SILENCE_CHECK_S": "1"}
+    if stream:
+        env.update(stream_env())
+    server = make_live_server(env=env)
+    if stream:
+        wait_stream_up(server)
+    return server
+
+
 @pytest.fixture
 def dash_server(make_live_server) -> LiveServer:
-    return make_live_server(env={"DEVICE_OFFLINE_AFTER_S": str(OFFLINE_AFTER_S), "ALERT_SILENCE_CHECK_S": "1"})
+    return make_dash_server(make_live_server)
+
+
+_open_contexts: list[BrowserContext] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_tabs(make_live_server) -> Iterator[None]:  # torn down before the servers
+    """Each test's tabs close before its server stops (their timers would poll a dead port)."""
+    yield
+    while _open_contexts:
+        _open_contexts.pop().close()
+
+
+def new_context(browser: Browser) -> BrowserContext:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    _open_contexts.append(context)
+    return context
 
 
 def open_page(browser: Browser, server: LiveServer, key: str | None = None, path: str = "/") -> Page:
     """A fresh tab on the dashboard, signed in through the page's own form."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context = new_context(browser)
     page = context.new_page()
     page.goto(server.url + path)
     page.fill("#key-input", key or server.api_key)

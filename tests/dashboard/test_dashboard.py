@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from tests.dashboard.conftest import OFFLINE_AFTER_S, chart_has, iso, open_page, post_history, producing, shot
+import pytest
+
+from tests.dashboard.conftest import (
+    OFFLINE_AFTER_S,
+    chart_has,
+    iso,
+    make_dash_server,
+    new_context,
+    open_page,
+    post_history,
+    producing,
+    shot,
+)
 from tests.live_server import wait_for
 
 GREEN, RED = "rgb(26, 158, 63)", "rgb(212, 42, 42)"
@@ -17,7 +29,11 @@ def _live_mode(page) -> str:
     return page.evaluate("() => window.dashboardLive.mode")
 
 
-def test_posted_reading_appears_in_the_open_chart_within_2_s(browser, dash_server):
+@pytest.mark.parametrize("path", ["stream", "polling"])
+def test_posted_reading_appears_in_the_open_chart_within_2_s(browser, make_live_server, path):
+    # "stream": the page gets readings over SSE; "polling": the service runs without its stream
+    # process, the page's EventSource fails and it falls back to polling the query API.
+    dash_server = make_dash_server(make_live_server, stream=path == "stream")
     # 10 minutes of seed-002 signals with a 60 s hole in the middle: drawn as a gap.
     post_history(dash_server, devices=3, minutes=10, gap=(240, 300))
     page = open_page(browser, dash_server, path="/#/device/sim-1")
@@ -27,14 +43,16 @@ def test_posted_reading_appears_in_the_open_chart_within_2_s(browser, dash_serve
     assert {name for name, _, _ in traces} == {"sine_wave", "cosine_wave", "random_noise", "random_walk",
                                                "damped_oscillation"}
     assert all(n > 500 and nulls == 1 for _, n, nulls in traces), traces  # one gap, drawn as a null
-    mode = _live_mode(page)
+    assert _live_mode(page) == path
     page.evaluate("() => { window.__sameDocument = true; }")
     r = dash_server.post("/api/telemetry?device_id=sim-1",
                          json={"timestamp": iso(datetime.now(UTC)), "signals": {"sine_wave": 42.4242}})
     assert r.status_code == 200, r.text
     chart_has(page, 42.4242, timeout_ms=2_000)  # the acceptance bound: within 2 s of the 200
     assert page.evaluate("() => window.__sameDocument === true"), "the page reloaded"
-    print(f"\nlive path exercised: {mode}")
+    print(f"\nlive path exercised: {path}")
+    if path == "polling":
+        return
     with producing(dash_server, ["sim-1"]):  # live points keep arriving for the screenshot
         page.wait_for_selector("#device-status.online", timeout=10_000)
         before = page.evaluate("() => document.getElementById('chart').data[0].x.length")
@@ -114,13 +132,14 @@ def test_resolving_with_a_read_key_says_admin_is_needed(browser, dash_server):
 
 def test_page_works_with_everything_but_the_service_blocked(browser, dash_server):
     post_history(dash_server, devices=2, minutes=2)
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    service = urlsplit(dash_server.url).netloc
+    context = new_context(browser)
+    # The service: its HTTP port and its stream process's port on the same host.
+    service = {urlsplit(dash_server.url).netloc, f"127.0.0.1:{dash_server.env['STREAM_PORT']}"}
     requested: list[str] = []
     blocked: list[str] = []
 
     def only_the_service(route) -> None:
-        if urlsplit(route.request.url).netloc == service:
+        if urlsplit(route.request.url).netloc in service:
             route.continue_()
         else:
             blocked.append(route.request.url)
@@ -130,7 +149,8 @@ def test_page_works_with_everything_but_the_service_blocked(browser, dash_server
     page = context.new_page()
     page.on("request", lambda req: requested.append(req.url))
     failed: list[str] = []
-    page.on("requestfailed", lambda req: failed.append(req.url))
+    # ERR_ABORTED: the page itself closed the request (an EventSource closed on leaving a view)
+    page.on("requestfailed", lambda req: req.failure != "net::ERR_ABORTED" and failed.append(req.url))
     page.goto(dash_server.url + "/")
     page.fill("#key-input", dash_server.api_key)
     page.click("#signin-form button")
@@ -138,6 +158,7 @@ def test_page_works_with_everything_but_the_service_blocked(browser, dash_server
     page.goto(dash_server.url + "/#/device/sim-2")
     page.wait_for_function("() => document.getElementById('chart-info').dataset.source", timeout=15_000)
     assert page.evaluate("() => typeof window.Plotly === 'object' && !!document.querySelector('#chart .main-svg')")
+    assert _live_mode(page) == "stream"  # the stream process is part of the service
     page.click('a[data-nav="health"]')
     page.wait_for_function("() => document.getElementById('h-circuit').textContent === 'closed'", timeout=15_000)
     with producing(dash_server, ["sim-1", "sim-2", "sim-3"], every_s=0.2):  # ingest goes on
@@ -145,10 +166,9 @@ def test_page_works_with_everything_but_the_service_blocked(browser, dash_server
                                " && parseFloat(document.getElementById('h-rate').textContent) > 0", timeout=20_000)
         shot(page, "health.png")
     assert blocked == [], f"requests to other hosts: {blocked}"
-    assert requested and all(urlsplit(u).netloc == service for u in requested if not u.startswith("data:"))
+    assert requested and all(urlsplit(u).netloc in service for u in requested if not u.startswith("data:"))
     assert failed == []
     # The key went as a header only: in no URL, and kept for this tab alone.
     assert not any(dash_server.api_key in u for u in requested)
     assert page.evaluate("() => sessionStorage.getItem('telemetry.apiKey')") == dash_server.api_key
     assert page.evaluate("() => localStorage.length") == 0
-    context.close()

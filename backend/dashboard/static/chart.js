@@ -7,6 +7,8 @@ export const RANGES = { "15m": 900, "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
 const BUCKETS = [["1s", 1], ["10s", 10], ["1m", 60], ["5m", 300], ["15m", 900], ["1h", 3600], ["6h", 21600],
   ["1d", 86400]];
 const RAW_LIMIT = 10000;
+const FLUSH_MS = 250; // live points are drawn in batches: one redraw per batch, not per reading
+const MARKERS_BELOW = 300; // markers on sparse traces (a lone point between gaps stays visible)
 let downsampleSupported = null; // learnt from the first answer: null = not known yet
 
 // Plotly has no time zones: it is given UTC wall-clock strings, and the axis says UTC.
@@ -94,7 +96,9 @@ export async function loadHistory(device, metrics, startMs, endMs, widthPx) {
 }
 
 export class DeviceChart {
-  constructor(div, info) { this.div = div; this.info = info; this.traces = []; this.window = null; }
+  constructor(div, info) {
+    Object.assign(this, { div, info, traces: [], pending: [], flushTimer: null, shiftedAt: 0 });
+  }
 
   // range: {startMs, endMs, follow}; follow = the end is "now" and moves with the clock.
   async show(device, metrics, range) {
@@ -107,7 +111,8 @@ export class DeviceChart {
     const data = metrics.map((m) => {
       const s = hist.series[m] || { xs: [], ys: [] };
       const { x, y } = withGaps(s.xs, s.ys, s.gapMs ?? 3000);
-      return { x, y, name: m, type: "scatter", mode: "lines+markers", marker: { size: 3 }, connectgaps: false };
+      return { x, y, name: m, type: "scatter", mode: x.length < MARKERS_BELOW ? "lines+markers" : "lines",
+        marker: { size: 4 }, connectgaps: false };
     });
     const layout = {
       margin: { l: 50, r: 20, t: 40, b: 50 }, height: 420, showlegend: true,
@@ -115,31 +120,49 @@ export class DeviceChart {
       xaxis: { type: "date", title: { text: "time (UTC)" }, range: [plotTime(range.startMs), plotTime(range.endMs)] },
       yaxis: { zeroline: false }, uirevision: `${device}|${metrics.join(",")}`,
     };
+    this.pending = [];
     await window.Plotly.react(this.div, data, layout, { responsive: true, displaylogo: false });
+    this.shiftedAt = Date.now();
     const n = Object.values(hist.series).reduce((a, s) => a + s.xs.length, 0);
     this.info.textContent = `${n} points from ${hist.source}`;
     this.info.dataset.source = hist.source;
   }
 
-  // A reading from the live feed: appended to its trace (after a null when it comes after a gap).
+  // A reading from the live feed: queued, and drawn with the others of the next batch.
   append(r) {
-    const i = this.traces.findIndex((t) => t.metric === r.metric);
-    if (i < 0 || typeof r.value !== "number" || r.device_id !== this.device) return;
-    const t = this.traces[i];
-    const ms = tsMicros(r.ts) / 1000;
-    if (!this.range.follow && ms > this.range.endMs) return;
-    const x = [], y = [];
-    if (t.lastMs !== null && ms - t.lastMs > t.gapMs) { x.push(plotTime((ms + t.lastMs) / 2)); y.push(null); }
-    x.push(plotTime(ms));
-    y.push(r.value);
-    t.lastMs = t.lastMs === null ? ms : Math.max(t.lastMs, ms);
-    window.Plotly.extendTraces(this.div, { x: [x], y: [y] }, [i]);
+    if (typeof r.value !== "number" || r.device_id !== this.device) return;
+    if (!this.traces.some((t) => t.metric === r.metric)) return;
+    this.pending.push(r);
+    if (this.flushTimer === null) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
   }
 
-  // A following range slides with the clock (once a second is enough for the eye).
+  // Each trace gets its new points in order (after a null where they come after a gap).
+  flush() {
+    this.flushTimer = null;
+    const batch = this.pending.sort((a, b) => tsMicros(a.ts) - tsMicros(b.ts));
+    this.pending = [];
+    const xs = this.traces.map(() => []), ys = this.traces.map(() => []);
+    for (const r of batch) {
+      const i = this.traces.findIndex((t) => t.metric === r.metric);
+      const t = this.traces[i];
+      const ms = tsMicros(r.ts) / 1000;
+      if (!this.range.follow && ms > this.range.endMs) continue;
+      if (t.lastMs !== null && ms - t.lastMs > t.gapMs) { xs[i].push(plotTime((ms + t.lastMs) / 2)); ys[i].push(null); }
+      xs[i].push(plotTime(ms));
+      ys[i].push(r.value);
+      t.lastMs = t.lastMs === null ? ms : Math.max(t.lastMs, ms);
+    }
+    const idx = this.traces.map((_, i) => i).filter((i) => xs[i].length);
+    if (idx.length) window.Plotly.extendTraces(this.div, { x: idx.map((i) => xs[i]), y: idx.map((i) => ys[i]) }, idx);
+  }
+
+  // A following range slides with the clock, redrawn once it has moved by about a pixel.
   tick() {
     if (!this.range || !this.range.follow) return;
     const span = this.range.endMs - this.range.startMs;
+    const pixelMs = span / (this.div.clientWidth || 900);
+    if (Date.now() - this.shiftedAt < Math.max(1000, pixelMs)) return;
+    this.shiftedAt = Date.now();
     this.range.endMs = Date.now();
     this.range.startMs = this.range.endMs - span;
     window.Plotly.relayout(this.div, { "xaxis.range": [plotTime(this.range.startMs), plotTime(this.range.endMs)] });

@@ -5,6 +5,8 @@ import { api, ApiError, tsMicros } from "./api.js";
 
 const POLL_MS = 1000;
 const STREAM_RETRY_MS = 15000;
+const RECONNECT_FIRST_MS = 1000, RECONNECT_MAX_MS = 30000;
+const SEEN_MAX = 5000;
 
 function setMode(mode) {
   window.dashboardLive = { ...(window.dashboardLive || {}), mode };
@@ -26,6 +28,9 @@ export class LiveFeed {
     this.lastEventId = null;
     this.timers = new Set();
     this.last = new Map(); // "device|metric" -> µs of the newest reading seen
+    this.seen = new Set(); // "device|metric|ts" of recent readings: a resumed stream may repeat polled ones
+    this.seenOrder = [];
+    this.reconnectMs = RECONNECT_FIRST_MS;
     this.since = since || new Date().toISOString();
   }
 
@@ -46,7 +51,11 @@ export class LiveFeed {
   deliver(r) {
     const key = `${r.device_id}|${r.metric}`;
     const us = tsMicros(r.ts);
-    if ((this.last.get(key) ?? -Infinity) >= us && this.mode === "polling") return; // seen already
+    const id = `${key}|${us}`;
+    if (this.seen.has(id)) return;
+    this.seen.add(id);
+    this.seenOrder.push(id);
+    if (this.seenOrder.length > SEEN_MAX) this.seen.delete(this.seenOrder.shift());
     this.last.set(key, Math.max(us, this.last.get(key) ?? -Infinity));
     this.onReading(r);
   }
@@ -71,7 +80,8 @@ export class LiveFeed {
     if (this.lastEventId) url.searchParams.set("last_event_id", this.lastEventId);
     const source = new EventSource(url);
     this.source = source;
-    source.addEventListener("open", () => { this.mode = "stream"; setMode("stream"); });
+    source.addEventListener("open", () => { this.mode = "stream"; this.reconnectMs = RECONNECT_FIRST_MS;
+      setMode("stream"); });
     source.addEventListener("reading", (ev) => {
       if (ev.lastEventId) this.lastEventId = ev.lastEventId;
       this.deliver(JSON.parse(ev.data));
@@ -84,7 +94,8 @@ export class LiveFeed {
       if (this.source !== source || this.stopped) return;
       this.source = null;
       this.startPolling();
-      this.later(() => this.openStream(), 2000);
+      this.later(() => this.openStream(), this.reconnectMs);
+      this.reconnectMs = Math.min(this.reconnectMs * 2, RECONNECT_MAX_MS);
     });
     // Renew the token before it lapses, resuming where this connection is.
     this.later(() => { if (this.source === source) { source.close(); this.source = null; this.openStream(); } },
