@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast lint bench bench-quick migrate clean
+.PHONY: run test test-fast lint bench bench-quick migrate clean demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt backend/modbus/requirements.
 
 run: $(RUN_STAMP)  ## the service under gunicorn (embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m backend serve
+
+demo: $(RUN_STAMP)  ## the service and the demo producer: a live chart at http://127.0.0.1:5000 (docs/dashboard.md)
+	$(PY) -m backend.producer.demo $(DEMO_ARGS)
 
 migrate: $(RUN_STAMP)
 	$(PY) -m backend migrate

@@ -17,6 +17,7 @@ from backend.api import config_routes, health, request_id, telemetry
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
+from backend.dashboard import bp as dashboard_bp
 from backend.fleet import init_fleet
 from backend.fleet.ratelimit import make_rate_limits
 from backend.ingest import admission
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     svc.init_app(app)
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
+    app.register_blueprint(dashboard_bp)  # the page at / (backend/dashboard/, docs/dashboard.md)
     init_stream(app, cfg, database.url, observers)  # live stream: publisher, tokens (docs/stream.md)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
