@@ -1,10 +1,18 @@
-"""Monthly partitions of telemetry_readings, created ahead of time."""
+"""Monthly partitions of telemetry_readings and of its rollups, created ahead of time.
+
+The rollups (migrations/0020) get the same months as the raw table, so a late reading
+finds its rollup partitions wherever it finds its raw one.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
 import psycopg
+
+# Raw partitions first (the same order in every caller). The count returned is the raw
+# table's months (what callers always meant); the rollups' follow them.
+_ENSURE = "SELECT telemetry_ensure_partitions(%s, %s), telemetry_rollup_ensure_partitions(%s, %s)"
 
 
 def month_start(day: date, delta_months: int = 0) -> date:
@@ -15,13 +23,11 @@ def month_start(day: date, delta_months: int = 0) -> date:
 def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date | None = None) -> int:
     """Partitions from last month to `months_ahead` months ahead; returns how many were new."""
     today = today or datetime.now(UTC).date()
-    row = conn.execute(
-        "SELECT telemetry_ensure_partitions(%s, %s)", (month_start(today, -1), months_ahead + 2)
-    ).fetchone()
+    row = conn.execute(_ENSURE, (month_start(today, -1), months_ahead + 2) * 2).fetchone()
     return int(row[0]) if row else 0
 
 
 def ensure_month(conn: psycopg.Connection, day: date) -> int:
     """The partition for one month (moving its rows out of the default partition)."""
-    row = conn.execute("SELECT telemetry_ensure_partitions(%s, 1)", (month_start(day),)).fetchone()
+    row = conn.execute(_ENSURE, (month_start(day), 1) * 2).fetchone()
     return int(row[0]) if row else 0

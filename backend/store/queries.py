@@ -1,4 +1,4 @@
-"""Reading telemetry back: filters, ordering from a fixed list, wide pivot, time buckets.
+"""Reading telemetry back: filters, ordering from a fixed list, wide pivot (buckets: aggregates.py).
 
 Every identifier in SQL comes from the whitelists here; values are always parameters.
 
@@ -32,9 +32,6 @@ ORDER_COLUMNS = {
 # Accepted for order_by too (earlier versions answered with them); the answer names the field.
 ORDER_ALIASES = {"timestamp": "ts", "received_at": "created_at"}
 MAX_LIMIT = 10_000
-BUCKETS = {"1s": "1 second", "10s": "10 seconds", "1m": "1 minute", "5m": "5 minutes", "15m": "15 minutes",
-           "1h": "1 hour", "6h": "6 hours", "1d": "1 day"}
-AGGREGATES = ("avg", "min", "max", "sum", "count", "first", "last")
 
 
 class QueryError(ValueError):
@@ -261,32 +258,3 @@ def fetch_wide(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
         out.append(record)
     return out
 
-
-def fetch_buckets(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
-    """Time-bucketed aggregates of one numeric metric (date_bin, PostgreSQL 14+).
-
-    `p`: the values of the route's declared parameters (backend/api/telemetry.py).
-    """
-    metric, bucket, agg = p["metric"], p["bucket"], p["agg"]
-    end = p["end"] or datetime.now(UTC)
-    start = p["start"] or shift(end, -timedelta(hours=24))
-    if start > end:
-        raise QueryError("start is after end")
-    devices = p["device_id"]
-    fn = {"first": "min", "last": "max"}.get(agg, agg)
-    expr = sql.SQL("{}(value)").format(sql.SQL(fn)) if agg not in ("first", "last") else sql.SQL(
-        "(array_agg(value ORDER BY ts {}))[1]").format(sql.SQL("ASC" if agg == "first" else "DESC"))
-    where = sql.SQL(" WHERE metric = %s AND ts >= %s AND ts < %s")
-    params: list[Any] = [BUCKETS[bucket], metric, start, end]
-    if devices:
-        where += sql.SQL(" AND ") + _in("device_id", devices)
-        params.append(_one_or_all(devices))
-    stmt = (sql.SQL("SELECT date_bin(%s::interval, ts, TIMESTAMPTZ '2000-01-01') AS bucket, device_id, {},"
-                    " count(*) FROM telemetry_readings").format(expr)
-            + where + sql.SQL(" GROUP BY 1, 2 ORDER BY 1, 2"))
-    with pool.connection() as conn:
-        rows = conn.execute(stmt, params).fetchall()
-    return {
-        "metric": metric, "bucket": bucket, "agg": agg, "start": iso(start), "end": iso(end),
-        "data": [{"bucket": iso(b), "device_id": d, "value": v, "count": c} for b, d, v, c in rows],
-    }

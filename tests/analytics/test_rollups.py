@@ -1,0 +1,229 @@
+"""Rollups against raw rows, on real PostgreSQL through the real write path.
+
+Random late, duplicate, conflicting and out-of-order writes (hypothesis) go in over HTTP
+(small requests through telemetry_write(), large ones through COPY); then the rollup
+tables must equal a GROUP BY over the stored raw rows, and /telemetry/aggregate must give
+the same answer from its rollup plan as from raw rows only and as a reference computed here
+in Python from the raw rows.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+RAW = {"Content-Type": "text/plain"}
+T0 = datetime(2026, 3, 28, 20, tzinfo=UTC)  # two days around Berlin's spring DST change
+SPAN_S = 2 * 86400
+DEVICES = ("a", "b")
+METRICS = ("alt", "pitch")
+GRAINS = {"1m": "1 minute", "1h": "1 hour", "1d": "1 day"}
+
+
+def _reset(db) -> None:
+    db.execute("TRUNCATE telemetry_readings, telemetry_rollup_1m, telemetry_rollup_1h, telemetry_rollup_1d,"
+               " telemetry_quarantine, device_latest, telemetry_raw")
+
+
+def _line(d: str, m: str, s: float, v: float) -> str:
+    ts = (T0 + timedelta(seconds=s)).isoformat().replace("+00:00", "Z")
+    return f"device_id:{d},ts:{ts},{m}:{v:g}"
+
+
+def _post(client, lines: list[str]) -> None:
+    r = client.post("/telemetry/parse", data="\n".join(lines), headers=RAW)
+    assert r.status_code < 500, r.get_data(as_text=True)[:300]
+
+
+reading = st.tuples(st.sampled_from(DEVICES), st.sampled_from(METRICS),
+                    st.integers(0, SPAN_S * 2).map(lambda h: h / 2),  # half seconds
+                    st.integers(-500, 500).map(lambda v: v / 2))
+batches = st.lists(st.lists(reading, min_size=1, max_size=40), min_size=1, max_size=6)
+
+
+def _assert_rollups_equal_raw(db) -> None:
+    for grain, interval in GRAINS.items():
+        got = db.execute(f"SELECT device_id, metric, bucket, count, sum, min, max, first_ts, first_value,"
+                         f" last_ts, last_value FROM telemetry_rollup_{grain} ORDER BY 1, 2, 3").fetchall()
+        want = db.execute(
+            "SELECT device_id, metric, date_bin(%s::interval, ts, TIMESTAMPTZ '2000-01-01Z') b, count(*), sum(value),"
+            " min(value), max(value), min(ts), (array_agg(value ORDER BY ts))[1], max(ts),"
+            " (array_agg(value ORDER BY ts DESC))[1] FROM telemetry_readings WHERE value IS NOT NULL"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", [interval]).fetchall()
+        assert got == want, grain  # values are halves: sums are exact in float
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=batches, resend=st.lists(st.integers(0, 5), max_size=3), conflict=st.booleans(),
+       big=st.booleans())
+def test_rollups_equal_raw_after_random_writes(client, db, batches, resend, conflict, big):
+    _reset(db)
+    sent = []
+    for batch in batches:
+        lines = [_line(*r) for r in batch]
+        _post(client, lines)
+        sent.append(lines)
+    for i in resend:  # a re-sent old batch: duplicates, nothing counted twice
+        _post(client, sent[i % len(sent)])
+    if conflict:  # same key, other value: quarantined, not counted
+        d, m, s, v = batches[0][0]
+        _post(client, [_line(d, m, s, v + 1000)])
+        assert db.execute("SELECT count(*) FROM telemetry_quarantine").fetchone()[0] >= 1
+    if big:  # >= 256 typed readings: the COPY path; then again (COPY fails, telemetry_write skips them)
+        lines = [_line("c", "alt", 7 * i + 0.5, i % 17) for i in range(300)]
+        _post(client, lines)
+        _post(client, lines[::-1])
+    _assert_rollups_equal_raw(db)
+
+
+def _reference(db, metric: str, bucket: str, agg: str, tz: str, start: datetime, end: datetime,
+               fleet: bool) -> dict[tuple, tuple[float, int]]:
+    rows = db.execute("SELECT device_id, ts, value FROM telemetry_readings WHERE metric = %s AND ts >= %s"
+                      " AND ts < %s AND value IS NOT NULL ORDER BY ts, device_id", [metric, start, end]).fetchall()
+    z = ZoneInfo(tz)
+    fixed = {"1m": 60, "5m": 300, "1h": 3600, "6h": 21600, "10s": 10}
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)
+    groups: dict[tuple, list[tuple[datetime, float]]] = {}
+    for d, ts, v in rows:
+        if bucket in fixed:
+            step = timedelta(seconds=fixed[bucket])
+            b = epoch + (ts - epoch) // step * step
+        else:
+            local = ts.astimezone(z).replace(hour=0, minute=0, second=0, microsecond=0)
+            if bucket == "1w":
+                local -= timedelta(days=local.weekday())
+            elif bucket == "1mo":
+                local = local.replace(day=1)
+            b = local.replace(tzinfo=None).replace(tzinfo=z).astimezone(UTC)  # local midnight, its own offset
+        groups.setdefault((b, None if fleet else d), []).append((ts, v))
+    out = {}
+    for key, vs in groups.items():
+        values = [v for _, v in vs]
+        out[key] = ({"avg": sum(values) / len(values), "sum": sum(values), "min": min(values), "max": max(values),
+                     "count": len(values), "first": vs[0][1], "last": vs[-1][1]}[agg], len(values))
+    return out
+
+
+def _answer(client, **params) -> dict:
+    r = client.get("/telemetry/aggregate", query_string=params)
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    return r.json
+
+
+def _by_key(body: dict, fleet: bool) -> dict[tuple, tuple[float, int]]:
+    return {(datetime.fromisoformat(d["bucket"]), None if fleet else d["device_id"]): (d["value"], d["count"])
+            for d in body["data"]}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k][1] == b[k][1], k
+        assert math.isclose(a[k][0], b[k][0], rel_tol=1e-9, abs_tol=1e-9), (k, a[k], b[k])
+
+
+query = st.tuples(st.sampled_from(["1m", "5m", "1h", "6h", "1d", "1w", "1mo", "10s"]),
+                  st.sampled_from(["avg", "sum", "min", "max", "count", "first", "last"]),
+                  st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata"]),
+                  st.integers(-3600 * 10**6, SPAN_S * 10**6), st.integers(1, SPAN_S * 10**6 + 7200 * 10**6),
+                  st.booleans())
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=batches, queries=st.lists(query, min_size=1, max_size=6))
+def test_aggregate_from_rollups_equals_raw(client, db, batches, queries):
+    _reset(db)
+    for batch in batches:
+        _post(client, [_line(*r) for r in batch])
+    _post(client, [_line(*r) for r in batches[-1]])  # a duplicate batch
+    for bucket, agg, tz, a_us, len_us, fleet in queries:
+        start = T0 + timedelta(microseconds=a_us)
+        end = start + timedelta(microseconds=len_us)
+        params = {"metric": "alt", "bucket": bucket, "agg": agg, "tz": tz, "start": start.isoformat(),
+                  "end": end.isoformat(), "group_by": "fleet" if fleet else "device"}
+        auto = _answer(client, **params)
+        raw = _answer(client, **params, source="raw")
+        assert raw["source"] == "raw"
+        want = _reference(db, "alt", bucket, agg, tz, start, end, fleet)
+        _same(_by_key(auto, fleet), want)
+        _same(_by_key(raw, fleet), want)
+
+
+def test_the_answer_says_which_rollup_it_used(client, db):
+    _reset(db)
+    end = datetime(2026, 11, 23, 10, 17, 3, tzinfo=UTC)
+    lines = [f"device_id:a,ts:{(end - timedelta(hours=h)).isoformat()},alt:{h}" for h in range(0, 24 * 400, 7)]
+    for i in range(0, len(lines), 200):
+        _post(client, lines[i:i + 200])
+    cases = [("1m", timedelta(hours=24), "UTC", "rollup_1m"), ("1h", timedelta(days=30), "UTC", "rollup_1h"),
+             ("1d", timedelta(days=365), "UTC", "rollup_1d"), ("1d", timedelta(days=365), "Europe/Berlin", "rollup_1h"),
+             ("1w", timedelta(days=90), "Asia/Kolkata", "rollup_1m"), ("10s", timedelta(hours=2), "UTC", "raw")]
+    for bucket, span, tz, source in cases:
+        params = {"metric": "alt", "device_id": "a", "bucket": bucket, "tz": tz, "agg": "sum",
+                  "start": (end - span).isoformat(), "end": end.isoformat()}
+        body = _answer(client, **params)
+        assert body["source"] == source, (bucket, tz)
+        raw = _answer(client, **params, source="raw")
+        assert body["data"] == raw["data"]
+        assert sum(d["count"] for d in body["data"]) == sum(1 for h in range(0, 24 * 400, 7)
+                                                              if timedelta(hours=h) <= span and h > 0)
+
+
+@pytest.mark.parametrize("day, hours", [("2026-03-29", 23), ("2026-10-25", 25), ("2026-06-01", 24)])
+def test_berlin_dst_days_have_23_and_25_hourly_buckets(client, db, day, hours):
+    _reset(db)
+    z = ZoneInfo("Europe/Berlin")
+    midnight = datetime.fromisoformat(day).replace(tzinfo=z)
+    start, end = midnight.astimezone(UTC) - timedelta(hours=3), midnight.astimezone(UTC) + timedelta(hours=30)
+    lines, t = [], start
+    while t < end:
+        lines.append(f"device_id:a,ts:{t.isoformat()},alt:1")
+        t += timedelta(minutes=10)
+    _post(client, lines)
+    next_midnight = (midnight + timedelta(days=1, hours=2)).replace(hour=0).astimezone(UTC)
+    body = _answer(client, metric="alt", device_id="a", bucket="1h", tz="Europe/Berlin",
+                   start=midnight.isoformat(), end=next_midnight.isoformat())
+    assert len(body["data"]) == hours and all(d["count"] == 6 for d in body["data"])
+    days = _answer(client, metric="alt", device_id="a", bucket="1d", tz="Europe/Berlin", agg="count",
+                   start=start.isoformat(), end=end.isoformat())
+    assert days["source"] == "rollup_1h"
+    local = {d["bucket_local"][:10]: d["count"] for d in days["data"]}
+    assert local[day] == hours * 6
+    assert {d["bucket_local"][10:] for d in days["data"]} <= {"T00:00:00+01:00", "T00:00:00+02:00"}
+
+
+def test_unknown_tz_and_bad_parameters_are_400(client, db):
+    r = client.get("/telemetry/aggregate?metric=alt&tz=Mars/Olympus")
+    assert r.status_code == 400 and "tz" in r.json["error"] and "Mars/Olympus" in r.json["error"]
+    for qs, name in [("fill=zero", "fill"), ("downsample=1", "downsample"), ("group_by=site", "group_by"),
+                     ("bucket=2d", "bucket"), ("fill=null&bucket=1s&start=2020-01-01&end=2026-01-01", "fill")]:
+        r = client.get("/telemetry/aggregate?metric=alt&" + qs)
+        assert r.status_code == 400 and r.json["error"].startswith(name), (qs, r.json)
+    assert client.get("/telemetry/aggregate").status_code == 400
+
+
+def test_several_metrics_devices_fill_and_downsample(client, db):
+    _reset(db)
+    lines = []
+    for m in range(0, 60, 2):  # every other minute: gaps to fill
+        ts = (T0 + timedelta(minutes=m)).isoformat()
+        lines += [f"device_id:a,ts:{ts},alt:{m}", f"device_id:b,ts:{ts},alt:{2 * m}",
+                  f"device_id:a,ts:{ts},pitch:{-m}"]
+    _post(client, lines)
+    span = {"start": T0.isoformat(), "end": (T0 + timedelta(minutes=60)).isoformat()}
+    body = _answer(client, metric="alt,pitch", device_id="a,b", bucket="1m", fill="linear", **span)
+    series = {}
+    for d in body["data"]:
+        series.setdefault((d["device_id"], d["metric"]), []).append(d["value"])
+    assert set(series) == {("a", "alt"), ("b", "alt"), ("a", "pitch"), ("b", "pitch")}
+    assert series[("a", "alt")][:4] == [0, 1, 2, 3] and len(series[("a", "alt")]) == 60
+    assert series[("b", "pitch")] == [None] * 60  # asked for, never sent
+    fleet = _answer(client, metric="alt", group_by="fleet", bucket="1m", agg="sum", fill="previous", **span)
+    assert [d["value"] for d in fleet["data"]][:4] == [0, 0, 6, 6] and "device_id" not in fleet["data"][0]
+    down = _answer(client, metric="alt", device_id="a", bucket="1m", downsample=5, **span)
+    assert [d["bucket"][11:16] for d in down["data"]][0] == "20:00" and len(down["data"]) == 5
