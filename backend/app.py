@@ -28,6 +28,7 @@ from backend.services import Services
 from backend.store.database import Database
 from backend.store.maintenance import Maintenance
 from backend.store.pool import make_pool
+from backend.store.retention import RetentionPolicy
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
@@ -39,7 +40,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     write_path = WritePath.build(cfg, pool, observers)  # buffer, circuit, spool, replayer: docs/reliability.md
     buffer = write_path.buffer
     catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg)
-    maintenance = Maintenance(pool, cfg.partitions_ahead_months)
+    maintenance = Maintenance(pool, cfg.partitions_ahead_months, policy=RetentionPolicy.from_config(cfg))
     checks = HealthCheck(cfg, database, pool, buffer, write_path.spool)
 
     app = Flask("backend")

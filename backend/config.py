@@ -93,6 +93,18 @@ class Config(BaseModel):
     testing: bool = False
     # Fault injection, only honoured when testing is on (see docs/reliability.md).
     fault_point: str = ""
+    # Retention (issue 14, backend/store/retention.py): days to keep per tier, 0 = keep forever
+    # (the default). Old data goes by dropping whole monthly partitions; rollups must outlive
+    # the raw rows they summarise: each of 1M, HOURLY, DAILY (when set) >= RAW.
+    retention_raw_days: Bound = 0
+    retention_1m_days: Bound = 0
+    retention_hourly_days: Bound = 0
+    retention_daily_days: Bound = 0
+    retention_payload_days: Bound = 0
+    retention_quarantine_days: Bound = 0
+    # Streaming export (backend/api/export.py): concurrent exports per worker, each holding
+    # its own database connection (not the pool's) for as long as the client reads.
+    export_max_concurrent: Count = 2
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -118,6 +130,16 @@ class Config(BaseModel):
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError(f"RETRY_BASE_DELAY={self.retry_base_delay:g} is above"
                              f" RETRY_MAX_DELAY={self.retry_max_delay:g}")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_order(self) -> Config:
+        raw = self.retention_raw_days
+        for name in ("RETENTION_1M_DAYS", "RETENTION_HOURLY_DAYS", "RETENTION_DAILY_DAYS"):
+            days = getattr(self, name.lower())
+            if days and (not raw or days < raw):  # 0 is forever
+                raise ValueError(f"{name}={days} is below RETENTION_RAW_DAYS={raw or 'forever (0)'}: rollups"
+                                 " must be kept at least as long as the raw rows they summarise")
         return self
 
     def __init__(self, **values: Any) -> None:

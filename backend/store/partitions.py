@@ -1,10 +1,14 @@
-"""Monthly partitions of telemetry_readings, created ahead of time."""
+"""Monthly partitions, created ahead of time: telemetry_readings, and (migration 0025) the raw
+payloads and quarantine, which retention (backend/store/retention.py) drops month by month."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
 import psycopg
+
+# Partitioned by received_at through partition_ensure_monthly() (migration 0025).
+MONTHLY_TABLES = ("telemetry_raw", "telemetry_quarantine")
 
 
 def month_start(day: date, delta_months: int = 0) -> date:
@@ -18,7 +22,12 @@ def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date |
     row = conn.execute(
         "SELECT telemetry_ensure_partitions(%s, %s)", (month_start(today, -1), months_ahead + 2)
     ).fetchone()
-    return int(row[0]) if row else 0
+    created = int(row[0]) if row else 0
+    for table in MONTHLY_TABLES:
+        row = conn.execute("SELECT partition_ensure_monthly(%s::regclass, %s, %s)",
+                           (table, month_start(today, -1), months_ahead + 2)).fetchone()
+        created += int(row[0]) if row else 0
+    return created
 
 
 def ensure_month(conn: psycopg.Connection, day: date) -> int:
