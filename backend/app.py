@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from backend.api import config_routes, health, request_id, telemetry
+from backend.api import config_routes, export, health, request_id, telemetry
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -26,6 +26,7 @@ from backend.ingest.observers import WriteObservers
 from backend.ingest.write_path import WritePath
 from backend.services import Services
 from backend.store.database import Database
+from backend.store.export import Exporter
 from backend.store.maintenance import Maintenance
 from backend.store.pool import make_pool
 from backend.store.retention import RetentionPolicy
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     svc.init_app(app)
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
+    export.init_app(app, Exporter(database.url, cfg.export_max_concurrent))  # GET /telemetry/export
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()
