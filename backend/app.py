@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from backend.api import config_routes, export, health, request_id, telemetry
+from backend.api import config_routes, export, flow_stats, health, request_id, telemetry
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -54,6 +54,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
     export.init_app(app, Exporter(database.url, cfg.export_max_concurrent))  # GET /telemetry/export
+    app.register_blueprint(flow_stats.bp)  # GET /api/flow-statistics (seed 004)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()
