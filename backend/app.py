@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from backend.api import config_routes, health, request_id, telemetry
+from backend.api import config_routes, export, flow_stats, health, request_id, telemetry
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -28,8 +28,10 @@ from backend.ingest.write_path import WritePath
 from backend.live.wiring import init_stream
 from backend.services import Services
 from backend.store.database import Database
+from backend.store.export import Exporter
 from backend.store.maintenance import Maintenance
 from backend.store.pool import make_pool
+from backend.store.retention import RetentionPolicy
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
@@ -41,7 +43,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     write_path = WritePath.build(cfg, pool, observers)  # buffer, circuit, spool, replayer: docs/reliability.md
     buffer = write_path.buffer
     catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg)
-    maintenance = Maintenance(pool, cfg.partitions_ahead_months)
+    maintenance = Maintenance(pool, cfg.partitions_ahead_months, policy=RetentionPolicy.from_config(cfg))
     checks = HealthCheck(cfg, database, pool, buffer, write_path.spool)
 
     app = Flask("backend")
@@ -55,6 +57,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         app.register_blueprint(module.bp)
     app.register_blueprint(dashboard_bp)  # the page at / (backend/dashboard/, docs/dashboard.md)
     init_stream(app, cfg, database.url, observers)  # live stream: publisher, tokens (docs/stream.md)
+    export.init_app(app, Exporter(database.url, cfg.export_max_concurrent))  # GET /telemetry/export
+    app.register_blueprint(flow_stats.bp)  # GET /api/flow-statistics (seed 004)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()

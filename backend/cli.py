@@ -3,6 +3,7 @@
 serve      start the embedded PostgreSQL if needed, migrate, then run gunicorn
 migrate    apply pending migrations (also done by serve)
 partitions create the monthly partitions ahead of time
+retention  drop partitions past the RETENTION_*_DAYS policy (--dry-run: only list them)
 """
 
 from __future__ import annotations
@@ -117,6 +118,26 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from backend.store import retention
+
+    cfg = Config.from_env()
+    policy = retention.RetentionPolicy.from_config(cfg)
+    url, _handle = resolve_database_url(cfg)
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        if args.dry_run or not policy.enabled:
+            plans = retention.plan(conn, policy)
+        else:
+            plans = retention.apply(conn, policy)
+            if plans is None:
+                print("retention: another session is applying it right now; nothing done")
+                return 1
+    print(retention.describe(plans, dry_run=args.dry_run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     parts = sub.add_parser("partitions", help="create monthly partitions ahead")
     parts.add_argument("--months", type=int, default=0)
     parts.set_defaults(func=cmd_partitions)
+    ret = sub.add_parser("retention", help="drop partitions older than the RETENTION_*_DAYS policy")
+    ret.add_argument("--dry-run", action="store_true", help="list what would be dropped; change nothing")
+    ret.set_defaults(func=cmd_retention)
     from backend.fleet.auth.cli import add_key_commands
 
     add_key_commands(sub, resolve_database_url)  # keys create|list|revoke (backend/fleet/auth/cli.py)

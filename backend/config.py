@@ -111,6 +111,18 @@ class Config(BaseModel):
     stream_retention_s: Annotated[int, Field(ge=60)] = 900
     stream_max_subscribers: Count = 5000
     stream_socketio_public: bool = False  # Socket.IO without a token (seed 002's dashboard sends none)
+    # Retention (issue 14, backend/store/retention.py): days to keep per tier, 0 = keep forever
+    # (the default). Old data goes by dropping whole monthly partitions; rollups must outlive
+    # the raw rows they summarise: each of 1M, HOURLY, DAILY (when set) >= RAW.
+    retention_raw_days: Bound = 0
+    retention_1m_days: Bound = 0
+    retention_hourly_days: Bound = 0
+    retention_daily_days: Bound = 0
+    retention_payload_days: Bound = 0
+    retention_quarantine_days: Bound = 0
+    # Streaming export (backend/api/export.py): concurrent exports per worker, each holding
+    # its own database connection (not the pool's) for as long as the client reads.
+    export_max_concurrent: Count = 2
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -138,6 +150,16 @@ class Config(BaseModel):
                              f" RETRY_MAX_DELAY={self.retry_max_delay:g}")
         if self.stream_token_secret and len(self.stream_token_secret) < 16:
             raise ValueError("STREAM_TOKEN_SECRET must have at least 16 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_order(self) -> Config:
+        raw = self.retention_raw_days
+        for name in ("RETENTION_1M_DAYS", "RETENTION_HOURLY_DAYS", "RETENTION_DAILY_DAYS"):
+            days = getattr(self, name.lower())
+            if days and (not raw or days < raw):  # 0 is forever
+                raise ValueError(f"{name}={days} is below RETENTION_RAW_DAYS={raw or 'forever (0)'}: rollups"
+                                 " must be kept at least as long as the raw rows they summarise")
         return self
 
     def __init__(self, **values: Any) -> None:

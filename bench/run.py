@@ -62,6 +62,8 @@ from .dataset import (
     generate_readings,
     vacuum_analyze,
 )
+from .export import export_phase
+from .export import render as render_export
 from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wrk_path, wrk_version
 from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
 
@@ -357,6 +359,7 @@ class Bench:
             r["batched"] = {kind: _median_round(rs) for kind, rs in runs.items()}
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
+            r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, self.plan.q_devices, self.log)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
                                          self.workdir / "big", self.plan.quick)
@@ -690,6 +693,8 @@ def render(r: dict[str, Any]) -> str:
                      f" {_stolen(x)} |")
     if "big_bodies" in r:
         lines += render_big_bodies(r["big_bodies"])
+    if "export" in r:
+        lines += render_export(r["export"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

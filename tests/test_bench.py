@@ -50,6 +50,9 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
         assert q["ok"] == q["samples"] > 0 and not q["errors"], q
         assert q["p99_ms"] > 0
 
+    for fmt in ("csv", "ndjson"):  # the export phase (bench/export.py): every row came through
+        assert r["export"][fmt]["http"]["rows"] == r["export"][fmt]["copy"]["rows"] > 0, r["export"]
+
     assert len(r["targets"]) == 7
     text = out.read_text()
     assert "| Measurement |" in text and "Machine and settings" in text

@@ -3,6 +3,8 @@
 The rollups (migrations/0020) get the same months as the raw table, so a late reading
 finds its rollup partitions wherever it finds its raw one.
 """
+"""Monthly partitions, created ahead of time: telemetry_readings, and (migration 0025) the raw
+payloads and quarantine, which retention (backend/store/retention.py) drops month by month."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import psycopg
 # Raw partitions first (the same order in every caller). The count returned is the raw
 # table's months (what callers always meant); the rollups' follow them.
 _ENSURE = "SELECT telemetry_ensure_partitions(%s, %s), telemetry_rollup_ensure_partitions(%s, %s)"
+# Partitioned by received_at through partition_ensure_monthly() (migration 0025).
+MONTHLY_TABLES = ("telemetry_raw", "telemetry_quarantine")
 
 
 def month_start(day: date, delta_months: int = 0) -> date:
@@ -25,6 +29,15 @@ def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date |
     today = today or datetime.now(UTC).date()
     row = conn.execute(_ENSURE, (month_start(today, -1), months_ahead + 2) * 2).fetchone()
     return int(row[0]) if row else 0
+    row = conn.execute(
+        "SELECT telemetry_ensure_partitions(%s, %s)", (month_start(today, -1), months_ahead + 2)
+    ).fetchone()
+    created = int(row[0]) if row else 0
+    for table in MONTHLY_TABLES:
+        row = conn.execute("SELECT partition_ensure_monthly(%s::regclass, %s, %s)",
+                           (table, month_start(today, -1), months_ahead + 2)).fetchone()
+        created += int(row[0]) if row else 0
+    return created
 
 
 def ensure_month(conn: psycopg.Connection, day: date) -> int:

@@ -1,0 +1,113 @@
+"""GET /telemetry/export?format=csv|ndjson: every reading a query matches, or an aggregate,
+streamed (backend/store/export.py).
+
+kind=query (default) takes /telemetry/query's filters (device_id, metric, start, end,
+hours), an optional limit, and order_by (default `series`: device, metric, time, which
+streams straight from the unique key) with desc. kind=aggregate takes
+/telemetry/aggregate's parameters (metric, bucket, agg, start, end, device_id). A
+parameter of the other kind is refused (400 naming it), so a mistyped request never
+exports something else than what was asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Flask, Response, current_app
+
+from backend.api.params import accepts, boolean, choice, integer, number, text_list, timestamp
+from backend.api.responses import error_response
+from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from backend.store.export import (
+    FORMATS,
+    ExportBusy,
+    Exporter,
+    ExportStatement,
+    aggregate_statement,
+    readings_statement,
+)
+from backend.store.queries import AGGREGATES, BUCKETS, ORDER_ALIASES, ORDER_COLUMNS, QueryError, ReadingQuery
+
+bp = Blueprint("export", __name__)
+EXTENSION = "export"
+MIMETYPES = {"csv": "text/csv", "ndjson": "application/x-ndjson"}  # Flask adds charset=utf-8 to text/*
+# Parameters that belong to one kind only.
+QUERY_ONLY = ("hours", "limit", "order_by", "desc")
+AGGREGATE_ONLY = ("bucket", "agg")
+
+
+def init_app(app: Flask, exporter: Exporter) -> None:
+    app.extensions[EXTENSION] = exporter
+    app.register_blueprint(bp)
+
+
+@bp.get("/telemetry/export")
+@accepts(
+    choice("format", FORMATS, "csv"),
+    choice("kind", ("query", "aggregate"), "query"),
+    text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
+    text_list("metric", max_len=MAX_NAME_LEN),
+    timestamp("start", aliases=("start_time",)),
+    timestamp("end", aliases=("end_time",)),
+    number("hours", gt=0, what="a number of hours before now"),
+    integer("limit", None, 1, 10**12),
+    choice("order_by", ["series", *ORDER_COLUMNS, *ORDER_ALIASES], None),
+    boolean("desc", None),
+    choice("bucket", BUCKETS, None),
+    choice("agg", AGGREGATES, None),
+)
+def export(p: dict[str, Any]) -> Response:
+    fmt, kind = p["format"], p["kind"]
+    try:
+        if kind == "aggregate":
+            stmt = aggregate_statement(_aggregate_params(p), fmt)
+        else:
+            stmt = _readings(p, fmt)
+    except _WrongKind as exc:
+        return error_response(400, str(exc), parameter=exc.name)
+    except QueryError as exc:
+        return error_response(400, str(exc))
+    exporter: Exporter = current_app.extensions[EXTENSION]
+    try:
+        body = exporter.open(stmt, fmt)
+    except ExportBusy as exc:
+        return error_response(503, f"{exc}; try again shortly", retry_after=5, reason="export_busy")
+    except psycopg.OperationalError:
+        current_app.logger.warning("export: database not reachable", exc_info=True)
+        return error_response(503, "the database is not reachable; try again shortly", retry_after=5,
+                              reason="database_unavailable")
+    name = f"telemetry-{kind}.{fmt}"
+    return Response(body, mimetype=MIMETYPES[fmt], headers={
+        "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no"})  # nginx: pass it on as it comes
+
+
+class _WrongKind(QueryError):
+    """A parameter that does not fit the kind of export; `name` is the parameter."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"{name}: {why}")
+        self.name = name
+
+
+def _aggregate_params(p: dict[str, Any]) -> dict[str, Any]:
+    for name in QUERY_ONLY:
+        if p[name] is not None:
+            raise _WrongKind(name, "only with kind=query")
+    metrics = p["metric"]
+    if len(metrics) != 1:
+        raise _WrongKind("metric", "kind=aggregate takes exactly one metric" if metrics
+                         else "required with kind=aggregate")
+    return {"metric": metrics[0], "bucket": p["bucket"] or "1m", "agg": p["agg"] or "avg", "start": p["start"],
+            "end": p["end"], "device_id": p["device_id"]}
+
+
+def _readings(p: dict[str, Any], fmt: str) -> ExportStatement:
+    for name in AGGREGATE_ONLY:
+        if p[name] is not None:
+            raise _WrongKind(name, "only with kind=aggregate")
+    order_by = ORDER_ALIASES.get(p["order_by"] or "series", p["order_by"] or "series")
+    q = ReadingQuery.from_params({**p, "limit": 0, "offset": 0, "order_by": "ts",
+                                  "desc": bool(p["desc"]) if p["desc"] is not None else False})
+    return readings_statement(q, fmt, order_by, p["limit"])

@@ -1,0 +1,165 @@
+"""Streaming export of readings and aggregates: PostgreSQL's `COPY (SELECT ...) TO STDOUT`,
+passed through in ~256 KB pieces, so memory stays flat however many rows go out.
+
+Why COPY: the server formats every row (CSV, or one JSON document per line), and the
+worker only moves bytes; measured at about the speed of `psql \\copy` of the same rows
+(bench/export.py). Each export has its own connection, not one of the pool's: an export
+lasts as long as its client reads, and the pool's few connections belong to ingest.
+At most `max_concurrent` exports run per worker; the next is refused (ExportBusy) rather
+than queued behind them.
+
+NDJSON goes through COPY's CSV format with delimiter U+0001 and quote U+0002: JSON text
+never holds a raw control character (PostgreSQL escapes them), so nothing is ever quoted
+or escaped and each line is the JSON document exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from backend.store.queries import BUCKETS, ORDER_COLUMNS, QueryError, ReadingQuery, shift
+
+CHUNK_BYTES = 256 * 1024
+FORMATS = ("csv", "ndjson")
+# Times in UTC (the session's TimeZone): CSV has PostgreSQL's ISO output
+# ('2026-01-05 12:00:07.25+00', which spreadsheets, pandas and datetime.fromisoformat read),
+# NDJSON to_json()'s RFC 3339 string ("2026-01-05T12:00:07.25+00:00"). Both are the
+# server's own C output routines: to_char() with a pattern cost about twice as much per row.
+SESSION = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
+_NDJSON_COPY = "COPY ({}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')"
+_CSV_COPY = "COPY ({}) TO STDOUT WITH (FORMAT csv)"
+
+READING_COLUMNS = ("device_id", "metric", "ts", "value", "created_at")
+BUCKET_COLUMNS = ("bucket", "device_id", "value", "count")
+
+
+class ExportBusy(RuntimeError):
+    """This worker already runs its maximum of concurrent exports."""
+
+
+@dataclass(frozen=True)
+class ExportStatement:
+    """One COPY statement with its parameters and the CSV header line."""
+
+    copy: sql.Composable
+    params: list[Any]
+    header: bytes
+
+
+def _wrap(select: sql.Composable, fmt: str) -> sql.Composable:
+    return sql.SQL(_NDJSON_COPY if fmt == "ndjson" else _CSV_COPY).format(select)
+
+
+def readings_statement(q: ReadingQuery, fmt: str, order_by: str, limit: int | None) -> ExportStatement:
+    """Readings matching `q`'s filters (devices, metrics, time range), every one of them.
+
+    order_by "series": (device_id, metric, ts), the unique key's order, so PostgreSQL reads
+    the index and streams without sorting; any other name sorts by that column.
+    """
+    where, params = q.where()
+    if fmt == "ndjson":
+        # Built by concatenation rather than json_build_object: compact, and ~2x cheaper per row.
+        cols = ("""'{"device_id":' || to_json(device_id) || ',"metric":' || to_json(metric) || ',"ts":' ||"""
+                """ to_json(ts) || ',"value":' || CASE WHEN value_text IS NULL THEN to_json(value)::text"""
+                """ ELSE to_json(value_text)::text END || ',"created_at":' || to_json(received_at) || '}'""")
+    else:
+        cols = "device_id, metric, ts, coalesce(value::text, value_text), received_at"
+    direction = "DESC" if q.desc else "ASC"
+    if order_by == "series":
+        order = sql.SQL(f" ORDER BY device_id {direction}, metric {direction}, ts {direction}")
+    else:
+        col = ORDER_COLUMNS[order_by]
+        order = sql.SQL(" ORDER BY {} " + direction + ", device_id, metric, ts").format(sql.Identifier(col))
+    select = sql.SQL("SELECT " + cols + " FROM telemetry_readings") + where + order
+    if limit is not None:
+        select += sql.SQL(" LIMIT %s")
+        params = [*params, limit]
+    return ExportStatement(_wrap(select, fmt), params, (",".join(READING_COLUMNS) + "\n").encode())
+
+
+def aggregate_statement(p: dict[str, Any], fmt: str) -> ExportStatement:
+    """Time buckets of one metric, as `/telemetry/aggregate` computes them over raw rows.
+
+    The same SQL as backend/store/queries.fetch_buckets (date_bin from 2000-01-01 UTC, one
+    row per bucket and device); once the rollups read path lands, it is the one to share.
+    """
+    metric, bucket, agg = p["metric"], p["bucket"], p["agg"]
+    end = p["end"] or datetime.now(UTC)
+    start = p["start"] or shift(end, -timedelta(hours=24))
+    if start > end:
+        raise QueryError("start is after end")
+    if agg in ("first", "last"):
+        expr = f"(array_agg(value ORDER BY ts {'ASC' if agg == 'first' else 'DESC'}))[1]"
+    else:
+        expr = f"{agg}(value)"
+    params: list[Any] = [BUCKETS[bucket], metric, start, end]
+    where = " WHERE metric = %s AND ts >= %s AND ts < %s"
+    devices = p["device_id"]
+    if devices:
+        where += " AND device_id = ANY(%s)"
+        params.append(devices)
+    inner = ("SELECT date_bin(%s::interval, ts, TIMESTAMPTZ '2000-01-01') AS b, device_id AS d, "
+             + expr + " AS v, count(*) AS n FROM telemetry_readings" + where + " GROUP BY 1, 2")
+    if fmt == "ndjson":
+        cols = ("""'{"bucket":' || to_json(b) || ',"device_id":' || to_json(d) || ',"value":' ||"""
+                """ coalesce(to_json(v)::text, 'null') || ',"count":' || n || '}'""")
+    else:
+        cols = "b, d, v, n"
+    select = sql.SQL("SELECT " + cols + " FROM (" + inner + ") s ORDER BY b, d")
+    return ExportStatement(_wrap(select, fmt), params, (",".join(BUCKET_COLUMNS) + "\n").encode())
+
+
+class Exporter:
+    """Runs export statements on their own connections, at most `max_concurrent` at once."""
+
+    def __init__(self, database_url: str, max_concurrent: int) -> None:
+        self.database_url = database_url
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
+
+    def open(self, stmt: ExportStatement, fmt: str) -> Iterator[bytes]:
+        """Start the COPY (errors surface here, before any byte is sent); iterate for the bytes.
+
+        Raises ExportBusy when all slots are taken, psycopg.Error when the database fails.
+        The iterator's close() (the client went away) cancels the query and frees the slot.
+        """
+        if not self._slots.acquire(blocking=False):
+            raise ExportBusy(f"{self.max_concurrent} exports already running in this worker")
+        try:
+            rows = self._stream(stmt, fmt)
+            next(rows)  # connected and the COPY started: a bad statement has raised by now
+        except BaseException:
+            self._slots.release()
+            raise
+        guarded = self._guarded(rows)
+        next(guarded)  # started, so that close() alone runs its finally
+        return guarded
+
+    def _guarded(self, rows: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield b""
+            yield from rows
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+            self._slots.release()
+
+    def _stream(self, stmt: ExportStatement, fmt: str) -> Iterator[bytes]:
+        with psycopg.connect(self.database_url, prepare_threshold=None) as conn:
+            conn.execute(SESSION)
+            with conn.cursor().copy(stmt.copy, stmt.params) as copy:
+                yield b""
+                buf = bytearray(stmt.header if fmt == "csv" else b"")
+                for data in copy:
+                    buf += data
+                    if len(buf) >= CHUNK_BYTES:
+                        yield bytes(buf)
+                        buf.clear()
+                if buf:
+                    yield bytes(buf)
