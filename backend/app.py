@@ -14,6 +14,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from backend.api import config_routes, health, request_id, telemetry
+from backend.api.doors import init_doors
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -49,6 +50,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     fleet = init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
     svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet)
     svc.init_app(app)
+    init_doors(app, cfg, pool, buffer.sink_available)  # Idempotency-Key, line protocol: docs/doors.md
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
