@@ -172,8 +172,7 @@ def _partial(o: IngestOutcome) -> Response:
 
 
 def _influx_error(status: int, message: str, retry_after: int | None, reason: str) -> Response:
-    return error_response(status, message, retry_after, reason=reason, code=CODES.get(status, "internal error"),
-                          message=message)
+    return error_response(status, message, retry_after, reason=reason)  # `code`, `message`: _influx_error_shape
 
 
 def init_app(app: Flask, device_tags: DeviceTags) -> None:
