@@ -16,6 +16,7 @@ from flask import Flask, Response, current_app, request
 
 from backend.api.responses import error_response
 from backend.fleet.auth import request_identity
+from backend.fleet.auth.keystore import ANONYMOUS_KEY_ID
 from backend.ingest.idempotency import (
     Claimed,
     IdempotencyStore,
@@ -59,7 +60,11 @@ def with_idempotency(answer: Callable[[], Response], error: ErrorAnswer = _defau
         return error(400, str(exc), None, "invalid_idempotency_key")
     store: IdempotencyStore = current_app.extensions[EXTENSION]
     ident = request_identity()
-    scope = ident.key_id if ident is not None else ANONYMOUS_SCOPE
+    if ident is None or ident.key_id == ANONYMOUS_KEY_ID:
+        # Keyless writers (ANONYMOUS_DEVICES) share no key id: one scope per client address.
+        scope = f"{ANONYMOUS_SCOPE}:{request.remote_addr}"
+    else:
+        scope = ident.key_id
     try:
         outcome = store.begin(scope, key, _request_fingerprint())
     except IdempotencyUnavailable:
