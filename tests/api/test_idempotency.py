@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+import requests
 
 from backend.ingest.idempotency import Claimed, IdempotencyStore, InFlight, Mismatch, Replay, StoredAnswer
 from backend.store.pool import make_pool
@@ -138,3 +140,19 @@ def test_release_expiry_lease_and_purge(store, database_url) -> None:
         conn.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 s'")
         assert store.purge_expired() == 1
         assert conn.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 0
+
+
+def test_concurrent_duplicates_across_workers_store_once(make_live_server) -> None:
+    srv = make_live_server(workers=2)
+    body = "\n".join(f"device_id:idem-live,v{i}:{i}" for i in range(50))  # no times: server-timed
+    headers = {**srv.headers(), "Idempotency-Key": "burst-1", "Content-Type": "text/plain"}
+
+    def send(_: int) -> requests.Response:
+        return requests.post(srv.url + "/telemetry/parse", data=body, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(12) as ex:
+        answers = list(ex.map(send, range(12)))
+    assert {a.status_code for a in answers} == {200}, [(a.status_code, a.text[:200]) for a in answers]
+    assert len({a.json()["batch_id"] for a in answers}) == 1  # all got the first answer
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 11
+    assert srv.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'idem-live'")[0][0] == 50
