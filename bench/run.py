@@ -62,6 +62,8 @@ from .dataset import (
     generate_readings,
     vacuum_analyze,
 )
+from .line_protocol import line_protocol_phase
+from .line_protocol import render as render_line_protocol
 from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wrk_path, wrk_version
 from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
 
@@ -355,6 +357,7 @@ class Bench:
                 runs["copy"].append(self.phase("batched: COPY ceiling", self.copy_ceiling, msgs))
             self.tag = ""
             r["batched"] = {kind: _median_round(rs) for kind, rs in runs.items()}
+            r["line_protocol"] = self.phase("batched: line protocol vs raw", line_protocol_phase, self, srv)
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
@@ -690,6 +693,8 @@ def render(r: dict[str, Any]) -> str:
                      f" {_stolen(x)} |")
     if "big_bodies" in r:
         lines += render_big_bodies(r["big_bodies"])
+    if "line_protocol" in r:
+        lines += render_line_protocol(r["line_protocol"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

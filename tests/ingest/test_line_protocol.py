@@ -9,14 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.ingest.parsing import ParseContext
-from backend.ingest.parsing.line_protocol import (
-    LineProtocolParser,
-    _slow,
-    escape_key,
-    escape_measurement,
-    escape_string,
-    scan_line,
-)
+from backend.ingest.parsing.line_protocol import LineProtocolParser
+from backend.ingest.parsing.lp_syntax import _slow, escape_key, escape_measurement, escape_string, scan_line
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CTX = ParseContext(received_at=NOW)
@@ -180,3 +174,24 @@ def test_fuzz_never_raises_and_every_error_names_its_line(body: str) -> None:
             assert m.readings and 1 <= m.position <= len(lines)
             for x in m.readings:
                 assert (x.value is None) != (x.value_text is None)
+
+
+_simple_line = st.builds(
+    lambda m, tags, fields, ts: f"{m}{tags} {fields}{ts}",
+    st.sampled_from(["m", "cpu", "", "a.b"]),
+    st.sampled_from(["", ",host=h1", ",device_id=d1,host=h2", ",site=s,host=h1", ",host=", ",host=bad id", ",x"]),
+    st.lists(st.tuples(st.sampled_from(["v", "w", "bad name", ""]),
+                       st.sampled_from(["1", "-2.5", "1e3", "1e999", "7i", "t", "1_0", "\u0661", ".5", "3.", "-"])),
+             min_size=1, max_size=3).map(lambda fs: ",".join(f"{k}={v}" for k, v in fs)),
+    st.sampled_from([" 1780315200000000000", " 5", "", " 1780315200000000000 ", " x", " 99999999999999999999"]),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(_simple_line, max_size=10).map("\n".join), st.sampled_from([None, "dflt"]))
+def test_fast_path_gives_the_general_paths_answer(body: str, default: str | None) -> None:
+    ctx = ParseContext(received_at=NOW, default_device_id=default)
+    fast, slow = LineProtocolParser().parse(body, ctx), LineProtocolParser(fast=False).parse(body, ctx)
+    assert fast.messages == slow.messages
+    assert [m.server_time for m in fast.messages] == [m.server_time for m in slow.messages]
+    assert fast.errors == slow.errors and fast.device_metadata == slow.device_metadata

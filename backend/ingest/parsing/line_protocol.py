@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -40,8 +39,18 @@ from backend.ingest.parsing.base import (
     check_name,
     register,
 )
+from backend.ingest.parsing.lp_syntax import (  # noqa: F401  (escape_*: the inverse, re-exported for callers)
+    Fields,
+    LineSyntaxError,
+    Tags,
+    escape_key,
+    escape_measurement,
+    escape_string,
+    scan_line,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 # Nanoseconds per unit of each precision a client may name.
 PRECISION_NS = {"ns": 1, "n": 1, "us": 1_000, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
                 "m": 60_000_000_000, "h": 3_600_000_000_000}
@@ -61,18 +70,8 @@ _FLOAT_RE = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INT_RE = re.compile(r"-?\d+")
 _UINT_RE = re.compile(r"\d+")
 _TS_RE = re.compile(r"-?\d+")
-_MEASUREMENT_ESC = frozenset(", ")
-_KEY_ESC = frozenset(",= ")
-
-# A scanned line: measurement, tags, fields (key, raw value, quoted?), timestamp text or None.
-Tags = list[tuple[str, str]]
-Fields = list[tuple[str, str, bool]]
-
-
-class LineSyntaxError(InvalidValue):
-    """The line is not line protocol; the message says where and why."""
-
-
+_DIGITS = frozenset("0123456789")
+_FLOAT_START = frozenset("-.0123456789")
 @dataclass(frozen=True)
 class LineProtocolParser:
     name: str = "line_protocol"
@@ -80,6 +79,7 @@ class LineProtocolParser:
     precision: str = "ns"
     device_tags: tuple[str, ...] = DEFAULT_DEVICE_TAGS
     metric_style: str = "measurement.field"
+    fast: bool = True  # False: every line through the general scanner (tests compare the two)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_NS:
@@ -89,8 +89,8 @@ class LineProtocolParser:
 
     def parse(self, body: str, ctx: ParseContext) -> ParseResult:
         result = ParseResult()
-        untimed: dict[str, int] = {}
-        unit = PRECISION_NS[self.precision]
+        state = _Body(self, ctx, result.device_metadata)
+        fast = self.fast
         count = 0
         for lineno, line in enumerate(body.split("\n"), start=1):
             if line.endswith("\r"):
@@ -105,60 +105,140 @@ class LineProtocolParser:
             count += 1
             fields: Fields = []
             try:
+                if fast and (msg := state.simple(lineno, stripped)) is not None:
+                    result.messages.append(msg)
+                    continue
                 measurement, tags, fields, ts_text = scan_line(stripped)
-                result.messages.append(self._message(lineno, stripped, measurement, tags, fields, ts_text, unit,
-                                                     ctx, untimed, result.device_metadata))
+                result.messages.append(state.message(lineno, stripped, measurement, tags, fields, ts_text))
             except InvalidValue as exc:
                 # Readings the line carried: its fields when it could be read that far, else 1.
                 result.errors.append(ParseError(lineno, str(exc), stripped, max(1, len(fields))))
         return result
 
-    def _message(self, lineno: int, raw: str, measurement: str, tags: Tags, fields: Fields, ts_text: str | None,
-                 unit: int, ctx: ParseContext, untimed: dict[str, int],
-                 metadata: dict[str, dict[str, str]]) -> Message:
+
+class _Body:
+    """One body's parse: its settings and what it has already checked (names, devices, times)."""
+
+    def __init__(self, parser: LineProtocolParser, ctx: ParseContext, metadata: dict[str, dict[str, str]]) -> None:
+        self.device_tags = parser.device_tags
+        self.by_field = parser.metric_style == "field"
+        self.unit = PRECISION_NS[parser.precision]
+        self.ctx = ctx
+        self.metadata = metadata
+        self.untimed: dict[str, int] = {}
+        self.names: dict[tuple[str, str], str] = {}  # (measurement, field) -> checked metric name
+        self.devices: set[str] = set()  # checked device ids
+        self.earliest_us = (EARLIEST - EPOCH) // _ONE_US
+        self.latest_us = (ctx.received_at + FUTURE_SLACK - EPOCH) // _ONE_US
+
+    def simple(self, lineno: int, line: str) -> Message | None:
+        """The common line (no escapes, no strings, floats, a time, devices and names this body
+        has already checked) in one pass; None sends it through the general path, which also
+        words every error. Same answer as the general path (tests/ingest/test_line_protocol.py)."""
+        if "\\" in line or '"' in line:
+            return None
+        parts = line.split(" ")
+        if len(parts) != 3:
+            return None
+        head, body, ts_text = parts
+        if not (ts_text.isdigit() and ts_text.isascii()):
+            return None
+        us = int(ts_text) * self.unit // 1000
+        if not self.earliest_us <= us <= self.latest_us:
+            return None
+        hs = head.split(",")
+        measurement = hs[0]
+        device = None
+        extra: dict[str, str] = {}
+        if len(hs) > 1:
+            tags: Tags = []
+            for chunk in hs[1:]:
+                k, sep, v = chunk.partition("=")
+                if not (sep and k and v):
+                    return None
+                tags.append((k, v))
+            device, extra = self._tags(tags)
+        if device is None:
+            device = self.ctx.default_device_id
+        if device is None or device not in self.devices or not measurement:
+            return None
+        names = self.names
+        values: list[tuple[str, float]] = []
+        for chunk in body.split(","):
+            k, sep, text = chunk.partition("=")
+            metric = names.get((measurement, k))
+            if metric is None or not text or text[-1] not in _DIGITS or text[0] not in _FLOAT_START \
+                    or "_" in text or not text.isascii():
+                return None
+            try:
+                v = float(text)
+            except ValueError:
+                return None
+            if not math.isfinite(v):
+                return None
+            values.append((metric, v))
+        if len(values) > 1 and len({m for m, _ in values}) < len(values):
+            return None
+        ts = EPOCH + timedelta(microseconds=us)
+        if extra:
+            self.metadata.setdefault(device, {}).update(extra)
+        new = tuple.__new__
+        return Message(lineno, line, [new(Reading, (device, m, ts, v, None)) for m, v in values], False)
+
+    def message(self, lineno: int, raw: str, measurement: str, tags: Tags, fields: Fields,
+                ts_text: str | None) -> Message:
         device: str | None = None
         extra: dict[str, str] = {}
         if tags:
-            if len(tags) > MAX_TAGS:
-                raise InvalidValue(f"more than {MAX_TAGS} tags")
-            found = dict(tags)
-            for name in self.device_tags:
-                if name in found:
-                    device = found[name]
-                    break
-            for k, v in tags:
-                if k not in self.device_tags:
-                    if len(v) > MAX_TAG_VALUE_LEN:
-                        raise InvalidValue(f"tag {k[:40]!r}: value longer than {MAX_TAG_VALUE_LEN} characters")
-                    extra[k] = v
+            device, extra = self._tags(tags)
         if device is None:
-            device = ctx.default_device_id
+            device = self.ctx.default_device_id
             if device is None:
                 raise InvalidValue(f"no device: tag {' or '.join(self.device_tags)} is missing"
                                    " (or send X-Device-Id / ?device_id=)")
-        device = check_device_id(device)
-        prefix = measurement + "." if self.metric_style == "measurement.field" else ""
+        if device not in self.devices:
+            self.devices.add(check_device_id(device))
+        names = self.names
         values: list[tuple[str, float | None, str | None]] = []
-        seen: set[str] = set()
         for key, text, quoted in fields:
-            metric = check_name(prefix + key)
-            if metric in seen:
-                raise InvalidValue(f"field {key[:40]!r} appears twice")
-            seen.add(metric)
+            metric = names.get((measurement, key))
+            if metric is None:
+                metric = names[(measurement, key)] = check_name(key if self.by_field else f"{measurement}.{key}")
             values.append((metric, *field_value(key, text, quoted)))
-        server_time = ts_text is None
+        if len(values) > 1 and len({v[0] for v in values}) < len(values):
+            seen: set[str] = set()
+            dup = next(v[0] for v in values if v[0] in seen or seen.add(v[0]))  # type: ignore[func-returns-value]
+            raise InvalidValue(f"field {dup[:40]!r} appears twice")
         if ts_text is None:
-            ts = ctx.received_at
-            k = untimed.get(device, 0)
-            untimed[device] = k + 1
+            ts = self.ctx.received_at
+            k = self.untimed.get(device, 0)
+            self.untimed[device] = k + 1
             if k:
                 ts = ts + timedelta(microseconds=k)
         else:
-            ts = timestamp(ts_text, unit, ctx)
-        if extra:
-            metadata.setdefault(device, {}).update(extra)
-        make = Reading._make
-        return Message(lineno, raw, [make((device, m, ts, v, t)) for m, v, t in values], server_time)
+            ts = timestamp(ts_text, self.unit, self.ctx)
+        if extra:  # only for a line that became readings
+            self.metadata.setdefault(device, {}).update(extra)
+        new = tuple.__new__  # Reading._make without its extra call: this runs once per reading
+        return Message(lineno, raw, [new(Reading, (device, m, ts, v, t)) for m, v, t in values], ts_text is None)
+
+    def _tags(self, tags: Tags) -> tuple[str | None, dict[str, str]]:
+        """The device the tags name, and the other tags (for the device's metadata)."""
+        if len(tags) > MAX_TAGS:
+            raise InvalidValue(f"more than {MAX_TAGS} tags")
+        device: str | None = None
+        rank = len(self.device_tags)
+        extra: dict[str, str] = {}
+        for k, v in tags:
+            if k in self.device_tags:
+                r = self.device_tags.index(k)
+                if r < rank:
+                    device, rank = v, r
+            elif len(v) > MAX_TAG_VALUE_LEN:
+                raise InvalidValue(f"tag {k[:40]!r}: value longer than {MAX_TAG_VALUE_LEN} characters")
+            else:
+                extra[k] = v
+        return device, extra
 
 
 def field_value(key: str, text: str, quoted: bool) -> tuple[float | None, str | None]:
@@ -172,6 +252,17 @@ def field_value(key: str, text: str, quoted: bool) -> tuple[float | None, str | 
     if not text:
         raise LineSyntaxError(f"field {key[:40]!r}: missing field value")
     last = text[-1]
+    if last in _DIGITS and text[0] in _FLOAT_START and "_" not in text and text.isascii():
+        # The common case, a plain float: float() takes every such text the grammar does,
+        # and refuses the rest (ASCII only, no "_": float() would take "1_0" and other digits).
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number, None
+            raise InvalidValue(f"field {key[:40]!r}: {text[:40]} is not a finite number")
     if last == "i" and _INT_RE.fullmatch(text, 0, len(text) - 1):
         n = int(text[:-1])
         if not -INT64 <= n < INT64:
@@ -202,7 +293,7 @@ def _exact(key: str, n: int, text: str) -> float:
 
 
 def timestamp(text: str, unit: int, ctx: ParseContext) -> datetime:
-    if not _TS_RE.fullmatch(text):
+    if not (text.isdigit() and text.isascii()) and not _TS_RE.fullmatch(text):
         raise LineSyntaxError(f"invalid timestamp {text[:40]!r} (an integer in the request's precision)")
     us = int(text) * unit // 1000  # floor: nanoseconds below the microsecond are dropped
     try:
@@ -215,149 +306,6 @@ def timestamp(text: str, unit: int, ctx: ParseContext) -> datetime:
         raise InvalidValue(f"timestamp {text[:40]} ({ts.isoformat()}) is more than a day ahead of the server"
                            " clock; is the precision right?")
     return ts
-
-
-# ---- scanning -------------------------------------------------------------------------------
-
-
-def scan_line(line: str) -> tuple[str, Tags, Fields, str | None]:
-    """Split one line into its parts (escapes resolved), or LineSyntaxError."""
-    if "\\" not in line and '"' not in line:
-        parts = line.split(" ")
-        if 2 <= len(parts) <= 3 and all(parts):
-            try:
-                return _fast(parts)
-            except LineSyntaxError:
-                pass  # the scanner says what is wrong in the same words for every line
-    return _slow(line)
-
-
-def _fast(parts: Sequence[str]) -> tuple[str, Tags, Fields, str | None]:
-    # No escapes and no strings: plain splits give the same answer as the scanner, faster.
-    head = parts[0].split(",")
-    measurement = head[0]
-    if not measurement:
-        raise LineSyntaxError("missing measurement")
-    tags: Tags = []
-    for chunk in head[1:]:
-        k, sep, v = chunk.partition("=")
-        if not sep or not k or not v:
-            raise LineSyntaxError(f"invalid tag {chunk[:40]!r} (key=value)")
-        tags.append((k, v))
-    fields: Fields = []
-    for chunk in parts[1].split(","):
-        k, sep, v = chunk.partition("=")
-        if not sep or not k:
-            raise LineSyntaxError(f"invalid field {chunk[:40]!r} (key=value)")
-        fields.append((k, v, False))
-    return measurement, tags, fields, parts[2] if len(parts) == 3 else None
-
-
-def _slow(line: str) -> tuple[str, Tags, Fields, str | None]:
-    n = len(line)
-    measurement, i = _token(line, 0, _MEASUREMENT_ESC, ", ")
-    if not measurement:
-        raise LineSyntaxError("missing measurement")
-    tags: Tags = []
-    while i < n and line[i] == ",":
-        key, i = _token(line, i + 1, _KEY_ESC, ",= ")
-        if i >= n or line[i] != "=" or not key:
-            raise LineSyntaxError(f"invalid tag after {measurement[:40]!r}: missing tag key or '='")
-        value, i = _token(line, i + 1, _KEY_ESC, ", ")
-        if not value:
-            raise LineSyntaxError(f"tag {key[:40]!r}: missing tag value")
-        tags.append((key, value))
-    if i >= n:
-        raise LineSyntaxError("missing fields")
-    while i < n and line[i] == " ":
-        i += 1
-    fields: Fields = []
-    while True:
-        key, i = _token(line, i, _KEY_ESC, ",= ")
-        if i >= n or line[i] != "=" or not key:
-            raise LineSyntaxError("missing fields" if not key and not fields and i >= n
-                                  else f"invalid field {key[:40]!r}: missing field key or '='")
-        i += 1
-        if i < n and line[i] == '"':
-            value, i = _string(line, i + 1, key)
-            fields.append((key, value, True))
-        else:
-            j = i
-            while j < n and line[j] not in ", ":
-                j += 1
-            fields.append((key, line[i:j], False))
-            i = j
-        if i < n and line[i] == ",":
-            i += 1
-            continue
-        break
-    ts: str | None = None
-    rest = line[i:].strip(" \t")
-    if rest:
-        if i < n and line[i] != " ":
-            raise LineSyntaxError(f"unexpected {line[i:i + 20]!r} after field {key[:40]!r}")
-        ts = rest
-    return measurement, tags, fields, ts
-
-
-def _token(line: str, i: int, escapes: frozenset[str], stops: str) -> tuple[str, int]:
-    """Text from `i` to the first unescaped char of `stops`; `\\x` for x in `escapes` is x."""
-    n = len(line)
-    out: list[str] = []
-    start = i
-    while i < n:
-        c = line[i]
-        if c == "\\" and i + 1 < n and line[i + 1] in escapes:
-            out.append(line[start:i])
-            out.append(line[i + 1])
-            i += 2
-            start = i
-            continue
-        if c in stops:
-            break
-        i += 1
-    out.append(line[start:i])
-    return "".join(out), i
-
-
-def _string(line: str, i: int, key: str) -> tuple[str, int]:
-    """A quoted field value from just after its opening quote; returns it and the index after it."""
-    n = len(line)
-    out: list[str] = []
-    start = i
-    while i < n:
-        c = line[i]
-        if c == "\\" and i + 1 < n and line[i + 1] in '"\\':
-            out.append(line[start:i])
-            out.append(line[i + 1])
-            i += 2
-            start = i
-            continue
-        if c == '"':
-            out.append(line[start:i])
-            return "".join(out), i + 1
-        i += 1
-    raise LineSyntaxError(f"field {key[:40]!r}: unterminated string")
-
-
-# ---- writing (the inverse, for tests, the benchmark and docs) ---------------------------------
-
-
-def escape_measurement(text: str) -> str:
-    return text.replace(",", "\\,").replace(" ", "\\ ") if _needs(text) else text
-
-
-def escape_key(text: str) -> str:
-    """Tag keys, tag values and field keys."""
-    return text.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ") if _needs(text) else text
-
-
-def escape_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _needs(text: str) -> bool:
-    return any(c in text for c in ",= \\")
 
 
 register(LineProtocolParser())
