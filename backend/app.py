@@ -14,6 +14,8 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from backend.api import config_routes, export, flow_stats, health, request_id, telemetry
+from backend.api import config_routes, health, request_id, telemetry
+from backend.api.doors import init_doors
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -53,6 +55,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     fleet = init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
     svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet)
     svc.init_app(app)
+    init_doors(app, cfg, pool, buffer.sink_available)  # Idempotency-Key, line protocol: docs/doors.md
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
     app.register_blueprint(dashboard_bp)  # the page at / (backend/dashboard/, docs/dashboard.md)

@@ -9,7 +9,7 @@ with the variable's name and the reason (`ConfigError`), rather than a traceback
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -123,6 +123,38 @@ class Config(BaseModel):
     # Streaming export (backend/api/export.py): concurrent exports per worker, each holding
     # its own database connection (not the pool's) for as long as the client reads.
     export_max_concurrent: Count = 2
+    # Doors (issue 15, docs/doors.md): Idempotency-Key, line protocol, anonymous seed-002 writers.
+    idempotency_ttl_s: Positive = 86_400.0  # how long a key's first answer is kept
+    idempotency_wait_s: NonNegative = 10.0  # a concurrent duplicate waits this long for the first, then 409
+    # Devices POST /api/telemetry (seed 002) accepts without an API key; empty = none (the default).
+    anonymous_devices: Annotated[list[str], NoDecode] = []
+    # Line protocol: the tags naming the device, first present wins; the metric's name.
+    line_protocol_device_tags: Annotated[list[str], NoDecode] = ["device_id", "host"]
+    line_protocol_metric: Literal["measurement.field", "field"] = "measurement.field"
+
+    @field_validator("anonymous_devices", "line_protocol_device_tags", mode="before")
+    @classmethod
+    def _doors_lists(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("anonymous_devices")
+    @classmethod
+    def _anonymous_devices(cls, value: list[str]) -> list[str]:
+        from backend.ingest.parsing.base import DEVICE_RE
+
+        bad = [d for d in value if not DEVICE_RE.fullmatch(d)]
+        if bad:
+            raise ValueError(f"device id {bad[0][:40]!r} has characters outside [A-Za-z0-9_.:-]")
+        return value
+
+    @field_validator("line_protocol_device_tags")
+    @classmethod
+    def _device_tags(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one tag (default: device_id,host)")
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

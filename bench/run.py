@@ -64,6 +64,8 @@ from .dataset import (
 )
 from .export import export_phase
 from .export import render as render_export
+from .line_protocol import line_protocol_phase
+from .line_protocol import render as render_line_protocol
 from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wrk_path, wrk_version
 from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
 
@@ -357,6 +359,7 @@ class Bench:
                 runs["copy"].append(self.phase("batched: COPY ceiling", self.copy_ceiling, msgs))
             self.tag = ""
             r["batched"] = {kind: _median_round(rs) for kind, rs in runs.items()}
+            r["line_protocol"] = self.phase("batched: line protocol vs raw", line_protocol_phase, self, srv)
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
             r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, self.plan.q_devices, self.log)
@@ -695,6 +698,8 @@ def render(r: dict[str, Any]) -> str:
         lines += render_big_bodies(r["big_bodies"])
     if "export" in r:
         lines += render_export(r["export"])
+    if "line_protocol" in r:
+        lines += render_line_protocol(r["line_protocol"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

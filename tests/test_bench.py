@@ -43,6 +43,10 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
         assert batched["stored_readings"] == batched["readings"], batched
         assert batched["readings_per_s"] > 0
     assert r["batched"]["copy"]["stored_readings"] == r["batched"]["copy"]["readings"]
+    lp = r["line_protocol"]  # bench/line_protocol.py: the same readings as raw lines, then line protocol
+    for fmt in ("raw", "line_protocol"):
+        assert lp[fmt]["ok"] == lp[fmt]["requests"] > 0 and lp[fmt]["stored_readings"] == lp[fmt]["readings"], lp
+    assert lp["ratio"] > 0 and "Batched line protocol" in out.read_text()
 
     assert r["dataset"]["generated"] == r["dataset"]["devices"] * 4 * r["dataset"]["timestamps"]
     for kind in ("last100", "agg24h"):

@@ -31,6 +31,7 @@ from backend.store.database import Database
 bp = Blueprint("health", __name__)
 
 CACHE_S = 1.0
+INFLUX_COMPAT_VERSION = "2.7.0-telemetry"  # the InfluxDB API version /ping reports (api/line_protocol.py)
 PING_TIMEOUT_S = 2.0
 # Public spool fields: how much is waiting and whether more can be taken.
 SPOOL_PUBLIC = ("enabled", "accepting", "depth_bytes", "own_pending_readings", "oldest_unflushed_age_s")
@@ -101,6 +102,11 @@ class HealthCheck:
         # Truthful: the seed's name says Supabase, so it is true only for a Supabase database.
         supabase = connected and self._database.kind == "supabase"
         body: dict[str, Any] = {
+            # name/message/version: what influxdb-client's health() needs to read this answer
+            # (docs/doors.md); `status` stays ours (healthy | degraded | unhealthy).
+            "name": "telemetry-ingest",
+            "message": reason or "ready for queries and writes",
+            "version": INFLUX_COMPAT_VERSION,
             "status": status,
             "timestamp": now_iso(),
             "database_connected": connected,
@@ -125,6 +131,7 @@ class HealthCheck:
                              else {"enabled": False, "accepting": False})
         if reason:
             body["reason"] = reason
+            body["message"] = reason
         return body, 200 if connected else 503
 
 

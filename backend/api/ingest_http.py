@@ -13,11 +13,14 @@ from typing import Any
 
 from flask import Response, request
 
+from backend.api.idempotent import with_idempotency
 from backend.api.params import boolean, text
 from backend.api.request_id import current_request_id
 from backend.api.responses import body_error_text, body_read_errors, error_response, json_response
 from backend.config import Config
 from backend.fleet.auth import guard_for, request_identity
+from backend.fleet.auth.hooks import UNAUTHORIZED
+from backend.fleet.auth.keystore import ANONYMOUS_KEY_ID
 from backend.ingest import admission, pipeline
 from backend.ingest.parsing import PARSER_VERSION
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, Message
@@ -71,7 +74,15 @@ REQUEST_ADMISSION = RequestAdmission()
 
 def run_ingest(p: dict[str, Any], fmt: str | None = None, default_device_id: str | None = None,
                extra: dict[str, Any] | None = None) -> Response:
-    """`p`: the values of INGEST_PARAMS; `extra`: keys an endpoint adds to a 2xx answer."""
+    """`p`: the values of INGEST_PARAMS; `extra`: keys an endpoint adds to a 2xx answer.
+
+    With an `Idempotency-Key` header, a re-send gets the first answer (backend/api/idempotent.py).
+    """
+    return with_idempotency(lambda: _run_ingest(p, fmt, default_device_id, extra))
+
+
+def _run_ingest(p: dict[str, Any], fmt: str | None, default_device_id: str | None,
+                extra: dict[str, Any] | None) -> Response:
     svc = services()
     try:
         ident = request_identity()
@@ -89,6 +100,8 @@ def run_ingest(p: dict[str, Any], fmt: str | None = None, default_device_id: str
         )
         outcome = IngestPipeline(svc.config, svc.buffer, svc.catalogue).run(req)
     except IngestRefused as exc:
+        if exc.kind == pipeline.FORBIDDEN_DEVICE and ident is not None and ident.key_id == ANONYMOUS_KEY_ID:
+            return anonymous_refused()
         return refusal_response(exc)
     body = outcome_body(outcome, p["store"], svc.config.data_source)
     if extra and outcome.status in (200, 207):
@@ -110,6 +123,13 @@ def read_body(cfg: Config) -> bytes:
     if len(data) > cfg.max_body_bytes:
         raise IngestRefused(pipeline.TOO_LARGE, f"body is over the {cfg.max_body_bytes}-byte limit")
     return data
+
+
+def anonymous_refused() -> Response:
+    """A keyless writer naming a device ANONYMOUS_DEVICES does not list: as without the setting."""
+    resp = error_response(401, UNAUTHORIZED)
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
+    return resp
 
 
 def refusal_response(exc: IngestRefused) -> Response:

@@ -18,7 +18,7 @@ from backend.fleet.auth import KeyStore, install_auth
 from backend.fleet.ratelimit import RateLimits
 from backend.ingest.observers import WriteObservers
 
-CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Content-Encoding", "X-Device-Id"]
+CORS_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Content-Encoding", "X-Device-Id", "Idempotency-Key"]
 
 
 @dataclass

@@ -85,6 +85,8 @@ class IngestRequest:
     default_device: str | None = None
     fallback_device: str | None = None
     format: str | None = None  # a parser name; else the Content-Type picks it
+    parser: Parser | None = None  # a configured parser (line protocol's precision); wins over `format`
+    transport: str = "http"  # how the body came: http, line_protocol, mqtt (metrics label readings by it)
     store: bool = True
     key_id: str | None = None  # for the catalogue's per-key bound on new metric names
     device_guard: DeviceGuard | None = None
@@ -133,6 +135,9 @@ class IngestOutcome:
     conflicts: list[Conflict] = field(default_factory=list)
     quarantined: int = 0
     batch_status: BatchStatus | None = None
+    transport: str = "http"
+    # What the format said about the devices of the accepted readings (line protocol's tags).
+    device_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def status(self) -> int:
@@ -155,7 +160,7 @@ class IngestPipeline:
         received = datetime.now(UTC)
         admission = req.admission or _Unbounded()
         body = decode_body(req.body, req.content_encoding, cfg.max_decompressed_bytes, admission)
-        parser = pick_parser(req.format, req.content_type)
+        parser = req.parser or pick_parser(req.format, req.content_type)
         ctx = ParseContext(received_at=received, default_device_id=default_device(req.default_device)
                            or req.fallback_device, max_messages=cfg.max_lines_per_body)
         result = parser.parse(body, ctx)
@@ -192,7 +197,10 @@ class IngestPipeline:
         outcome = IngestOutcome(
             batch_id=uuid.uuid4(), format=parser.name, received_at=received, messages=len(messages),
             parsed=len(readings), rejected=errors, rejected_readings=rejected_readings,
-            server_timed=server_timed, single=messages[0] if len(messages) == 1 else None)
+            server_timed=server_timed, single=messages[0] if len(messages) == 1 else None, transport=req.transport)
+        if result.device_metadata:
+            accepted = {m.readings[0].device_id for m in messages}
+            outcome.device_metadata = {d: t for d, t in result.device_metadata.items() if d in accepted}
         if not req.store:
             return outcome
         sub = Submission(

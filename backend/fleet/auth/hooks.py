@@ -21,7 +21,7 @@ from flask import Flask, Request, Response, g, request
 
 from backend.api.responses import error_response
 from backend.config import Config
-from backend.fleet.auth.keystore import OPEN, AuthUnavailable, Identity, KeyStore
+from backend.fleet.auth.keystore import OPEN, AuthUnavailable, Identity, KeyStore, anonymous_identity
 from backend.fleet.ratelimit import Decision, RateLimits
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,12 @@ ENDPOINT_SCOPES: dict[str, str] = {
 }
 UNAUTHORIZED = "missing, unknown, expired or revoked API key"
 MAX_KEY_LEN = 256
+# InfluxDB 1.x clients send credentials as Basic auth or ?u=&p= (the key is the password);
+# only these endpoints take them (backend/api/line_protocol.py), nowhere else.
+V1_CREDENTIAL_ENDPOINTS = frozenset({"lineproto.write_v1", "lineproto.query_v1"})
+# Seed 002's producer sends no key: with ANONYMOUS_DEVICES set, only this route lets it in,
+# and only for those devices (the device guard; another device gets 401).
+ANONYMOUS_ENDPOINTS = frozenset({"fluxio.seed002_ingest"})
 
 
 def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -52,10 +58,17 @@ def presented_key(req: Request) -> str | None:
     header = req.headers.get("Authorization")
     if header:
         scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
+        # `Token`: InfluxDB 2.x clients and Telegraf's influxdb_v2 output.
+        if scheme.lower() in ("bearer", "token") and value.strip():
             return value.strip()
+        if scheme.lower() == "basic" and req.endpoint in V1_CREDENTIAL_ENDPOINTS and req.authorization:
+            return (req.authorization.password or "").strip() or None
     key = req.headers.get("X-API-Key")
-    return key.strip() if key and key.strip() else None
+    if key and key.strip():
+        return key.strip()
+    if req.endpoint in V1_CREDENTIAL_ENDPOINTS:
+        return (req.args.get("p") or "").strip() or None
+    return None
 
 
 def authenticate(store: KeyStore, req: Request) -> tuple[Identity | None, str]:
@@ -106,6 +119,11 @@ def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | 
         log.info("no ADMIN_API_KEY: create keys with `python -m backend keys create`")
     if limits is not None and not limits.enabled:
         limits = None
+    anonymous = anonymous_identity(cfg.anonymous_devices) if cfg.anonymous_devices else None
+    if anonymous is not None:
+        log.warning("ANONYMOUS_DEVICES is set: POST /api/telemetry (seed 002) accepts requests without an API key"
+                    " for device(s) %s; every other route and device still needs a key",
+                    ", ".join(sorted(cfg.anonymous_devices)))
 
     def limit_ip() -> Response | None:
         if limits is None:
@@ -129,6 +147,9 @@ def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | 
             limited = limit_ip()
             if limited is not None:
                 return limited
+            if status == "missing" and anonymous is not None and endpoint in ANONYMOUS_ENDPOINTS:
+                g.fleet_identity = anonymous
+                return None
             if status == "unavailable":
                 return error_response(503, "cannot check the API key right now (database unreachable);"
                                       " retry later", retry_after=5, reason="auth_unavailable")

@@ -47,6 +47,12 @@ class Identity:
 
 MASTER = Identity("env-admin", "ADMIN_API_KEY", frozenset({"admin"}), master=True)
 OPEN = Identity("auth-disabled", "AUTH_REQUIRED=false", frozenset({"admin"}), master=True)
+ANONYMOUS_KEY_ID = "anonymous"
+
+
+def anonymous_identity(devices: list[str]) -> Identity:
+    """Who a keyless writer is under ANONYMOUS_DEVICES: ingest only, for those devices only."""
+    return Identity(ANONYMOUS_KEY_ID, "ANONYMOUS_DEVICES", frozenset({"ingest"}), frozenset(devices))
 
 
 class AuthUnavailable(RuntimeError):

@@ -103,6 +103,9 @@ class Message:
 class ParseResult:
     messages: list[Message] = field(default_factory=list)
     errors: list[ParseError] = field(default_factory=list)
+    # What a format says about its devices besides readings (line protocol's other tags),
+    # by device id; the ingest side keeps it with the device (backend/ingest/device_tags.py).
+    device_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def readings(self) -> list[Reading]:
