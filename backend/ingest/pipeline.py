@@ -85,6 +85,8 @@ class IngestRequest:
     default_device: str | None = None
     fallback_device: str | None = None
     format: str | None = None  # a parser name; else the Content-Type picks it
+    # A configured parser instance (e.g. Teltonika with a gateway's register mapping); wins over `format`.
+    parser: Parser | None = None
     store: bool = True
     key_id: str | None = None  # for the catalogue's per-key bound on new metric names
     device_guard: DeviceGuard | None = None
@@ -133,6 +135,7 @@ class IngestOutcome:
     conflicts: list[Conflict] = field(default_factory=list)
     quarantined: int = 0
     batch_status: BatchStatus | None = None
+    transport: str = "http"
 
     @property
     def status(self) -> int:
@@ -149,13 +152,16 @@ class IngestPipeline:
         self.buffer = buffer
         self.catalogue = catalogue
 
-    def run(self, req: IngestRequest) -> IngestOutcome:
-        """Parse, validate and (when `req.store`) durably accept one request's readings."""
+    def run(self, req: IngestRequest, transport: str = "http") -> IngestOutcome:
+        """Parse, validate and (when `req.store`) durably accept one request's readings.
+
+        `transport` ("http", "line_protocol", "mqtt") labels the readings for the metrics.
+        """
         cfg = self.config
         received = datetime.now(UTC)
         admission = req.admission or _Unbounded()
         body = decode_body(req.body, req.content_encoding, cfg.max_decompressed_bytes, admission)
-        parser = pick_parser(req.format, req.content_type)
+        parser = req.parser or pick_parser(req.format, req.content_type)
         ctx = ParseContext(received_at=received, default_device_id=default_device(req.default_device)
                            or req.fallback_device, max_messages=cfg.max_lines_per_body)
         result = parser.parse(body, ctx)
@@ -192,7 +198,7 @@ class IngestPipeline:
         outcome = IngestOutcome(
             batch_id=uuid.uuid4(), format=parser.name, received_at=received, messages=len(messages),
             parsed=len(readings), rejected=errors, rejected_readings=rejected_readings,
-            server_timed=server_timed, single=messages[0] if len(messages) == 1 else None)
+            server_timed=server_timed, single=messages[0] if len(messages) == 1 else None, transport=transport)
         if not req.store:
             return outcome
         sub = Submission(
