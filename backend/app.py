@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from backend.api import config_routes, health, request_id, telemetry
+from backend.api import config_routes, health, request_id, telemetry, thingsboard
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -51,6 +51,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     svc.init_app(app)
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
+    app.register_blueprint(thingsboard.bp)  # ThingsBoard device HTTP API (docs/mqtt.md)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()

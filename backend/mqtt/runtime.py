@@ -14,6 +14,9 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
 
 from backend.config import Config, ConfigError
 from backend.fleet.alerts.engine import AlertEngine
@@ -21,12 +24,14 @@ from backend.fleet.alerts.webhooks import WebhookSender
 from backend.ingest.catalogue import FieldCatalogue
 from backend.ingest.guarded_pool import GuardedPool
 from backend.ingest.observers import WriteObservers
+from backend.ingest.parsing.teltonika import RegisterMap
 from backend.ingest.pipeline import IngestPipeline
+from backend.ingest.register_map import load_register_map
 from backend.ingest.write_path import WritePath
 from backend.mqtt.handler import MessageHandler
 from backend.mqtt.keys import KeyResolver
 from backend.mqtt.quarantine import Quarantine
-from backend.mqtt.settings import from_config, load_register_map
+from backend.mqtt.settings import MqttSettings, from_config
 from backend.mqtt.subscriber import Subscriber
 from backend.store.database import Database
 from backend.store.migrations import migrate
@@ -51,21 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not cfg.database_url:
         log.warning("no DATABASE_URL: the subscriber attaches to the embedded PostgreSQL in DATA_DIR")
-    database = Database.resolve(cfg)
-    migrate(database.url)
-    pool = make_pool(database.url, cfg.db_pool_min, cfg.db_pool_max, name="mqtt")
-    observers = WriteObservers()
-    write_path = WritePath.build(cfg, pool, observers)
-    buffer = write_path.buffer
-    catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg)
-    webhooks = WebhookSender(pool, base_delay=max(0.01, cfg.retry_base_delay), max_delay=cfg.retry_max_delay,
-                             allow_private=cfg.alert_webhook_allow_private)
-    alerts = AlertEngine(pool, webhooks, silence_check_s=cfg.alert_silence_check_s)
-    observers.register(alerts.on_written)  # readings over MQTT open alerts like HTTP ones
-    stopping = threading.Event()
-    handler = MessageHandler(settings, IngestPipeline(cfg, buffer, catalogue), pool, KeyResolver(pool),
-                             Quarantine(pool), registers, stopping, max_delay=min(5.0, cfg.retry_max_delay))
-    subscriber = Subscriber(settings, handler, stopping)
+    ingest = IngestProcess.build(cfg, settings, registers)
+    subscriber = Subscriber(settings, ingest.handler, ingest.stopping)
+    stopping = ingest.stopping
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping (in-flight messages finish or stay with the broker)", signum)
@@ -73,13 +66,52 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    write_path.start()
-    alerts.start()
+    ingest.start()
     try:
         subscriber.run()
     finally:
-        write_path.close(cfg.ack_timeout)
-        alerts.close()
-        webhooks.close()
-        pool.close()
+        log.info("handled %d messages, %d acknowledged", subscriber.handled, subscriber.acks.acked)
+        ingest.close(cfg.ack_timeout)
     return 0
+
+
+@dataclass
+class IngestProcess:
+    """The write path and the message handler of one subscriber process (also used by tests and bench)."""
+
+    pool: ConnectionPool
+    write_path: WritePath
+    alerts: AlertEngine
+    webhooks: WebhookSender
+    handler: MessageHandler
+    stopping: threading.Event
+
+    @classmethod
+    def build(cls, cfg: Config, settings: MqttSettings, registers: RegisterMap) -> IngestProcess:
+        database = Database.resolve(cfg)
+        migrate(database.url)
+        pool = make_pool(database.url, cfg.db_pool_min, cfg.db_pool_max, name="mqtt")
+        observers = WriteObservers()
+        write_path = WritePath.build(cfg, pool, observers)
+        buffer = write_path.buffer
+        catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg)
+        webhooks = WebhookSender(pool, base_delay=max(0.01, cfg.retry_base_delay), max_delay=cfg.retry_max_delay,
+                                 allow_private=cfg.alert_webhook_allow_private)
+        alerts = AlertEngine(pool, webhooks, silence_check_s=cfg.alert_silence_check_s)
+        observers.register(alerts.on_written)  # readings over MQTT open alerts like HTTP ones
+        stopping = threading.Event()
+        handler = MessageHandler(settings, IngestPipeline(cfg, buffer, catalogue), pool, KeyResolver(pool),
+                                 Quarantine(pool), registers, stopping, max_delay=min(5.0, cfg.retry_max_delay))
+        return cls(pool, write_path, alerts, webhooks, handler, stopping)
+
+    def start(self) -> IngestProcess:
+        self.write_path.start()
+        self.alerts.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.write_path.close(timeout)
+        self.alerts.close()
+        self.webhooks.close()
+        self.pool.close()

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import orjson
-
 from backend.config import Config, ConfigError
-from backend.ingest.parsing.teltonika import validate_mapping
 
 KINDS = ("thingsboard", "gateway", "generic", "teltonika")
 CLIENT_ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
@@ -105,20 +101,3 @@ def from_config(cfg: Config) -> MqttSettings:
         tb_mount_prefix=_level("MQTT_TB_MOUNT_PREFIX", cfg.mqtt_tb_mount_prefix), tb_device=tb_device,
         teltonika_topics=teltonika, session_expiry_s=cfg.mqtt_session_expiry_s,
         receive_maximum=cfg.mqtt_receive_maximum, workers=cfg.mqtt_workers, keepalive_s=cfg.mqtt_keepalive_s)
-
-
-def load_register_map(cfg: Config) -> dict[str, tuple[str | None, ...]]:
-    """TELTONIKA_REGISTER_MAP's file, checked; {} when unset."""
-    path = cfg.teltonika_register_map.strip()
-    if not path:
-        return {}
-    try:
-        doc = orjson.loads(Path(path).read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"TELTONIKA_REGISTER_MAP: cannot read {path!r}: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"TELTONIKA_REGISTER_MAP: {path!r} is not JSON: {exc}") from None
-    try:
-        return validate_mapping(doc)
-    except ValueError as exc:
-        raise ConfigError(f"TELTONIKA_REGISTER_MAP: {path!r}: {exc}") from None

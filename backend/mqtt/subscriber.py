@@ -47,6 +47,7 @@ class Subscriber:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.acks = AckSequencer(self.client.ack)
         self._generation = 0
+        self._dup_logged = -1
         self.connected = threading.Event()
         self.workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="mqtt-ingest")
         self.client.on_connect = self._on_connect
@@ -93,6 +94,9 @@ class Subscriber:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         generation = self._generation
+        if msg.dup and self._dup_logged != generation:
+            self._dup_logged = generation
+            log.info("broker redelivers messages not acknowledged before (DUP); re-stored as no-ops")
         if msg.qos and not self.acks.received(generation, msg.mid, msg.qos):
             return
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties else None
