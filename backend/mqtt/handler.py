@@ -103,6 +103,8 @@ class MessageHandler:
 
     def _verdict(self, topic: str, o: IngestOutcome) -> Verdict:
         reason = "; ".join(f"#{e.position}: {e.reason}" for e in o.rejected[:5]) or None
+        if not o.parsed and reason is None:  # an empty payload (e.g. clearing a retained message)
+            reason = "no readings in the message (empty body, or only blank and comment lines)"
         if reason:
             # The pipeline quarantines the rejected parts with the write; the log says it now.
             log.warning("mqtt message on %r: %d reading(s) refused: %s", topic[:200], o.rejected_readings, reason)
