@@ -119,8 +119,8 @@ def test_teltonika_default_template_with_modbus_register_list():
 def test_teltonika_segments_objects_mac_and_dates():
     ctx = ParseContext(received_at=NOW, default_device_id="gw")
     # Two segments joined by a comma (segment count 2), data as an object, device from MAC.
-    body = ('{"TS":T0,"MAC":"AA:BB:CC:DD:EE:FF","DT":{"temp":21.5}},'
-            '{"D":"2025-12-04T00:00:10+00:00","Data":"{\\"rssi\\": -70}"}').replace("T0", str(T0))
+    body = ('{"TS":@T0@,"MAC":"AA:BB:CC:DD:EE:FF","DT":{"temp":21.5}},'
+            '{"D":"2025-12-04T00:00:10+00:00","Data":"{\\"rssi\\": -70}"}').replace("@T0@", str(T0))
     r = TEL.parse(body, ctx)
     assert not r.errors, r.errors
     assert values(r) == [("AA:BB:CC:DD:EE:FF", "temp", datetime.fromtimestamp(T0, tz=UTC), 21.5, None),

@@ -156,6 +156,11 @@ class ThingsBoardGatewayParser:
         untimed: dict[str, int] = {}
         for name, entries in doc.items():
             items = entries if isinstance(entries, list) else [entries]
+            if not items:
+                result.errors.append(ParseError(position, f"device {str(name)[:40]!r}: no telemetry entries",
+                                                _raw(entries), readings=0))
+                position += 1
+                continue
             try:
                 device = device_name_to_id(name)
             except InvalidValue as exc:
