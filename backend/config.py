@@ -104,7 +104,7 @@ class Config(BaseModel):
     mqtt_teltonika_topics: str = "teltonika/+/data"
     mqtt_session_expiry_s: Annotated[int, Field(ge=0, le=4294967295)] = 7 * 24 * 3600
     mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 256
-    mqtt_workers: Count = 16
+    mqtt_workers: Count = 64  # handlers in flight: more of them share each commit (docs/benchmarks.md, MQTT)
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
     teltonika_register_map: str = ""  # a JSON file {"<device id or *>": ["metric", null, ...]}
 

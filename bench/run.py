@@ -63,6 +63,8 @@ from .dataset import (
     vacuum_analyze,
 )
 from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wrk_path, wrk_version
+from .mqtt import mqtt_ingest
+from .mqtt import render as render_mqtt
 from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
 
 DOC_PATH = ROOT / "docs" / "benchmarks.md"
@@ -360,6 +362,8 @@ class Bench:
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
                                          self.workdir / "big", self.plan.quick)
+            r["mqtt"] = self.phase("MQTT ingest", mqtt_ingest, self.url, self.workdir / "mqtt", self.plan.quick,
+                                   r["single"].get("service"))
             r["service_log_tail"] = srv.log_tail(15)
         finally:
             for server in servers.values():
@@ -690,6 +694,8 @@ def render(r: dict[str, Any]) -> str:
                      f" {_stolen(x)} |")
     if "big_bodies" in r:
         lines += render_big_bodies(r["big_bodies"])
+    if "mqtt" in r:
+        lines += render_mqtt(r["mqtt"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

@@ -50,6 +50,10 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
         assert q["ok"] == q["samples"] > 0 and not q["errors"], q
         assert q["p99_ms"] > 0
 
+    mq = r["mqtt"]
+    if "skipped" not in mq:  # no mosquitto binary: the phase says so instead of a figure
+        assert mq["stored_readings"] == mq["readings"] and mq["readings_per_s"] > 0, mq
+
     assert len(r["targets"]) == 7
     text = out.read_text()
     assert "| Measurement |" in text and "Machine and settings" in text
