@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from backend.api import config_routes, export, flow_stats, health, request_id, telemetry
 from backend.api import config_routes, health, request_id, telemetry
 from backend.api.doors import init_doors
+from backend.api import config_routes, health, request_id, telemetry, thingsboard
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -62,6 +63,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     init_stream(app, cfg, database.url, observers)  # live stream: publisher, tokens (docs/stream.md)
     export.init_app(app, Exporter(database.url, cfg.export_max_concurrent))  # GET /telemetry/export
     app.register_blueprint(flow_stats.bp)  # GET /api/flow-statistics (seed 004)
+    app.register_blueprint(thingsboard.bp)  # ThingsBoard device HTTP API (docs/mqtt.md)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()

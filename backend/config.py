@@ -155,6 +155,20 @@ class Config(BaseModel):
         if not value:
             raise ValueError("name at least one tag (default: device_id,host)")
         return value
+    # MQTT subscriber (python -m backend.mqtt; docs/mqtt.md). Checked by backend/mqtt/settings.py.
+    mqtt_broker_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_client_id: str = "telemetry-ingest-1"
+    mqtt_group: str = "telemetry"  # $share/<group>/... ; empty: plain subscriptions
+    mqtt_topics: str = "thingsboard,gateway,generic,teltonika"
+    mqtt_generic_prefix: str = "telemetry"
+    mqtt_tb_mount_prefix: str = "tb"
+    mqtt_tb_device: str = ""
+    mqtt_teltonika_topics: str = "teltonika/+/data"
+    mqtt_session_expiry_s: Annotated[int, Field(ge=0, le=4294967295)] = 7 * 24 * 3600
+    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 256
+    mqtt_workers: Count = 64  # handlers in flight: more of them share each commit (docs/benchmarks.md, MQTT)
+    mqtt_keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    teltonika_register_map: str = ""  # a JSON file {"<device id or *>": ["metric", null, ...]}
 
     @field_validator("cors_origins", mode="before")
     @classmethod

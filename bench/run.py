@@ -67,6 +67,8 @@ from .export import render as render_export
 from .line_protocol import line_protocol_phase
 from .line_protocol import render as render_line_protocol
 from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wrk_path, wrk_version
+from .mqtt import mqtt_ingest
+from .mqtt import render as render_mqtt
 from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
 
 DOC_PATH = ROOT / "docs" / "benchmarks.md"
@@ -366,6 +368,8 @@ class Bench:
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
                                          self.workdir / "big", self.plan.quick)
+            r["mqtt"] = self.phase("MQTT ingest", mqtt_ingest, self.url, self.workdir / "mqtt", self.plan.quick,
+                                   r["single"].get("service"))
             r["service_log_tail"] = srv.log_tail(15)
         finally:
             for server in servers.values():
@@ -700,6 +704,8 @@ def render(r: dict[str, Any]) -> str:
         lines += render_export(r["export"])
     if "line_protocol" in r:
         lines += render_line_protocol(r["line_protocol"])
+    if "mqtt" in r:
+        lines += render_mqtt(r["mqtt"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

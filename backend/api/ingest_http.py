@@ -17,14 +17,15 @@ from backend.api.idempotent import with_idempotency
 from backend.api.params import boolean, text
 from backend.api.request_id import current_request_id
 from backend.api.responses import body_error_text, body_read_errors, error_response, json_response
-from backend.config import Config
+from backend.config import Config, ConfigError
 from backend.fleet.auth import guard_for, request_identity
 from backend.fleet.auth.hooks import UNAUTHORIZED
 from backend.fleet.auth.keystore import ANONYMOUS_KEY_ID
 from backend.ingest import admission, pipeline
-from backend.ingest.parsing import PARSER_VERSION
+from backend.ingest.parsing import PARSER_VERSION, Parser
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, Message
 from backend.ingest.pipeline import IngestOutcome, IngestPipeline, IngestRefused, IngestRequest
+from backend.ingest.register_map import teltonika_parser
 from backend.services import services
 from backend.store.queries import iso
 
@@ -93,6 +94,7 @@ def _run_ingest(p: dict[str, Any], fmt: str | None, default_device_id: str | Non
             default_device=request.headers.get("X-Device-Id") or request.args.get("device_id"),
             fallback_device=default_device_id,
             format=request.args.get("format") or fmt,
+            parser=_configured_parser(svc.config, request.args.get("format") or fmt),
             store=p["store"],
             key_id=ident.key_id if ident is not None else None,
             device_guard=guard_for(ident),
@@ -107,6 +109,17 @@ def _run_ingest(p: dict[str, Any], fmt: str | None, default_device_id: str | Non
     if extra and outcome.status in (200, 207):
         body.update(extra)
     return json_response(body, outcome.status)
+
+
+def _configured_parser(cfg: Config, fmt: str | None) -> Parser | None:
+    """Teltonika with the gateways' register mapping (TELTONIKA_REGISTER_MAP); None: the registry's."""
+    if fmt != "teltonika":
+        return None
+    try:
+        return teltonika_parser(cfg)
+    except ConfigError as exc:  # a broken map file: register lists are then refused, naming the mapping
+        log.error("%s", exc)
+        return None
 
 
 def read_body(cfg: Config) -> bytes:

@@ -87,6 +87,8 @@ class IngestRequest:
     format: str | None = None  # a parser name; else the Content-Type picks it
     parser: Parser | None = None  # a configured parser (line protocol's precision); wins over `format`
     transport: str = "http"  # how the body came: http, line_protocol, mqtt (metrics label readings by it)
+    # A configured parser instance (e.g. Teltonika with a gateway's register mapping); wins over `format`.
+    parser: Parser | None = None
     store: bool = True
     key_id: str | None = None  # for the catalogue's per-key bound on new metric names
     device_guard: DeviceGuard | None = None
@@ -154,8 +156,11 @@ class IngestPipeline:
         self.buffer = buffer
         self.catalogue = catalogue
 
-    def run(self, req: IngestRequest) -> IngestOutcome:
-        """Parse, validate and (when `req.store`) durably accept one request's readings."""
+    def run(self, req: IngestRequest, transport: str = "http") -> IngestOutcome:
+        """Parse, validate and (when `req.store`) durably accept one request's readings.
+
+        `transport` ("http", "line_protocol", "mqtt") labels the readings for the metrics.
+        """
         cfg = self.config
         received = datetime.now(UTC)
         admission = req.admission or _Unbounded()
@@ -201,6 +206,7 @@ class IngestPipeline:
         if result.device_metadata:
             accepted = {m.readings[0].device_id for m in messages}
             outcome.device_metadata = {d: t for d, t in result.device_metadata.items() if d in accepted}
+            server_timed=server_timed, single=messages[0] if len(messages) == 1 else None, transport=transport)
         if not req.store:
             return outcome
         sub = Submission(

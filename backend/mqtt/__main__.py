@@ -1,0 +1,3 @@
+from backend.mqtt.runtime import main
+
+raise SystemExit(main())

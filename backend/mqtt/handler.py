@@ -1,0 +1,139 @@
+"""One MQTT message -> the ingest pipeline -> whether to acknowledge it.
+
+The PUBACK is the MQTT form of a 2xx, so it means the same: the readings are committed or
+spooled. The answer is one of:
+- ack, stored: the pipeline made the readings durable (duplicates of a re-sent message
+  with the same times count as stored; nothing is written twice);
+- ack, refused: the message can never be stored (no such topic kind, a key that may not
+  write, invalid body): logged and quarantined with the reason, then acknowledged so the
+  broker does not redeliver it forever;
+- no ack: the subscriber is stopping while storage could not take the readings; the
+  broker keeps the message in the persistent session and delivers it again later.
+While storage is only temporarily unable (busy, buffer full, database and spool down), the
+handler retries with backoff (tenacity) rather than acknowledging or dropping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+from tenacity import Retrying, retry_if_exception, stop_when_event_set, wait_exponential_jitter
+
+from backend.fleet.attributes import merge_attributes
+from backend.fleet.auth.guard import refused_devices
+from backend.fleet.auth.keystore import Identity
+from backend.fleet.devices import DeviceError
+from backend.ingest import pipeline
+from backend.ingest.parsing import Parser
+from backend.ingest.parsing.base import InvalidValue
+from backend.ingest.parsing.teltonika import RegisterMap, TeltonikaParser
+from backend.ingest.parsing.thingsboard import parse_attributes
+from backend.ingest.pipeline import IngestOutcome, IngestPipeline, IngestRefused, IngestRequest
+from backend.mqtt.keys import KeyRefused, KeyResolver
+from backend.mqtt.quarantine import Quarantine
+from backend.mqtt.settings import MqttSettings
+from backend.mqtt.topics import Route, Unroutable, route
+
+log = logging.getLogger("backend.mqtt")
+
+# Refusals that go away by themselves: retried, never acknowledged while they last.
+TRANSIENT = frozenset({pipeline.BUSY, pipeline.BUFFER_FULL, pipeline.STORAGE_TIMEOUT, pipeline.STORAGE_FAILED,
+                       pipeline.CATALOGUE_UNCHECKED})
+FORMATS = {"thingsboard": "thingsboard", "gateway": "thingsboard-gateway"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ack: bool
+    stored: int = 0  # readings accepted (new rows)
+    duplicates: int = 0
+    rejected: int = 0  # readings refused
+    reason: str | None = None  # why (part of) the message was refused
+    durability: str | None = None
+
+
+class MessageHandler:
+    def __init__(self, settings: MqttSettings, ingest: IngestPipeline, pool: ConnectionPool, keys: KeyResolver,
+                 quarantine: Quarantine, registers: RegisterMap, stopping: threading.Event,
+                 max_delay: float = 5.0) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.ingest = ingest
+        self.keys = keys
+        self.quarantine = quarantine
+        self.teltonika: Parser = TeltonikaParser(registers)
+        self.stopping = stopping
+        self.max_delay = max_delay
+
+    def handle(self, topic: str, payload: bytes, content_type: str | None = None) -> Verdict:
+        try:
+            where = route(self.settings, topic)
+            device = self._device(where)
+        except (Unroutable, KeyRefused) as exc:
+            return self._refuse(topic, payload, str(exc))
+        if where.kind == "thingsboard_attributes":
+            return self._attributes(topic, payload, device)
+        req = IngestRequest(
+            body=payload, content_type=content_type or _sniff(payload), default_device=device,
+            format=FORMATS.get(where.kind), parser=self.teltonika if where.kind == "teltonika" else None,
+            device_guard=_only(device) if where.key_ref else None)
+        try:
+            outcome = self._run(req)
+        except IngestRefused as exc:
+            if exc.kind in TRANSIENT:  # only when stopping: leave it to the broker's next delivery
+                log.info("mqtt message on %r left unacknowledged while stopping: %s", topic[:200], exc.message)
+                return Verdict(ack=False, reason=exc.message)
+            return self._refuse(topic, payload, f"{exc.kind}: {exc.message}", device)
+        return self._verdict(topic, outcome)
+
+    def _device(self, where: Route) -> str | None:
+        if where.key_ref is not None:
+            return self.keys.resolve(where.key_ref).device
+        return where.device
+
+    def _run(self, req: IngestRequest) -> IngestOutcome:
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, IngestRefused) and e.kind in TRANSIENT),
+            wait=wait_exponential_jitter(initial=0.05, max=self.max_delay),
+            stop=stop_when_event_set(self.stopping), reraise=True)
+        return retrying(self.ingest.run, req, transport="mqtt")
+
+    def _verdict(self, topic: str, o: IngestOutcome) -> Verdict:
+        reason = "; ".join(f"#{e.position}: {e.reason}" for e in o.rejected[:5]) or None
+        if not o.parsed and reason is None:  # an empty payload (e.g. clearing a retained message)
+            reason = "no readings in the message (empty body, or only blank and comment lines)"
+        if reason:
+            # The pipeline quarantines the rejected parts with the write; the log says it now.
+            log.warning("mqtt message on %r: %d reading(s) refused: %s", topic[:200], o.rejected_readings, reason)
+        return Verdict(ack=True, stored=o.accepted, duplicates=o.duplicates, rejected=o.rejected_readings,
+                       reason=reason, durability=o.durability)
+
+    def _attributes(self, topic: str, payload: bytes, device: str | None) -> Verdict:
+        assert device is not None  # the route names it for attribute topics
+        try:
+            attributes = parse_attributes(payload.decode("utf-8"))
+            merge_attributes(self.pool, device, attributes)
+        except UnicodeDecodeError as exc:
+            return self._refuse(topic, payload, f"body is not valid UTF-8 (byte {exc.start})", device)
+        except (InvalidValue, DeviceError) as exc:
+            return self._refuse(topic, payload, str(exc), device)
+        return Verdict(ack=True, stored=len(attributes), durability="committed")
+
+    def _refuse(self, topic: str, payload: bytes, reason: str, device: str | None = None) -> Verdict:
+        self.quarantine.refuse(topic, payload, reason, device)
+        return Verdict(ack=True, reason=reason)
+
+
+def _sniff(payload: bytes) -> str:
+    """Content type of a generic message without one: JSON when it looks like it, else raw lines."""
+    head = payload.lstrip()[:1]
+    return "application/json" if head in (b"{", b"[") else "text/plain"
+
+
+def _only(device: str | None) -> pipeline.DeviceGuard:
+    """A ThingsBoard device key writes its own device only (a body naming another is refused)."""
+    ident = Identity("mqtt", "mqtt device key", frozenset({"ingest"}), frozenset({device} if device else ()))
+    return lambda devices: refused_devices(ident, devices)
