@@ -6,6 +6,7 @@ from backend.api.specs.common import (
     NUM,
     OBJ,
     STR,
+    TIME,
     Operation,
     arr,
     envelope,
@@ -14,7 +15,9 @@ from backend.api.specs.common import (
     obj,
 )
 
-KEY = obj("key_id", key_id=STR, name=STR, scopes=arr(STR), devices=nullable(arr(STR)))
+KEY = obj("id", "name", "prefix", "scopes", "status", id=STR, name=STR, prefix=STR, scopes=arr(STR),
+          devices=nullable(arr(STR)), status=STR, created_at=nullable(TIME), expires_at=nullable(TIME),
+          revoked_at=nullable(TIME), last_used_at=nullable(TIME))
 RULE_BODY = obj("metric", "operator", "threshold", name=STR, metric=STR, device_id=nullable(STR),
                 operator={"enum": [">", ">=", "<", "<=", "==", "!="]}, threshold=NUM,
                 severity={"enum": ["info", "warning", "critical"]}, webhook_url=nullable(STR), enabled=BOOL)
