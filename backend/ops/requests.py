@@ -63,8 +63,9 @@ def _note_request(resp: Response) -> Response:
     env[ROUTE] = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     env[REQUEST_ID] = current_request_id()
     ident = g.get("fleet_identity")
-    if ident is not None:
-        env[KEY_ID] = ident.key_id  # the key's id, never the key
+    key_id = ident.key_id if ident is not None else g.get("fleet_key_id")
+    if key_id:
+        env[KEY_ID] = key_id  # the key's id, never the key
     device = (request.headers.get("X-Device-Id") or request.args.get("device_id")
               or (request.view_args or {}).get("device_id"))
     if device:
