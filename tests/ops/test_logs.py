@@ -59,7 +59,8 @@ def test_access_log_is_json_with_request_id_device_key_id_status_and_duration(ma
 def test_application_records_are_json_with_the_request_id(make_live_server, db_proxy):
     # The database goes away under a query: the app logs the detail under the request id (the
     # client's answer says only "database unavailable" and carries the same id).
-    server = make_live_server(workers=1, env={"DATABASE_URL": db_proxy.url, "GUNICORN_ACCESSLOG": "-"})
+    server = make_live_server(workers=1, env={"DATABASE_URL": db_proxy.url, "GUNICORN_ACCESSLOG": "-",
+                                                  "LOG_LEVEL": "INFO"})
     db_proxy.down()
     r = requests.get(server.url + "/telemetry/query", timeout=90,
                      headers=server.headers(**{"X-Request-Id": "app-log-1"}))
