@@ -24,6 +24,9 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+# JSON lines for the error and access logs, like the application's (backend/ops/logs.py).
+if (os.environ.get("LOG_FORMAT") or "json").lower() == "json":
+    logger_class = "backend.ops.logs.JsonGunicornLogger"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 wsgi_app = "backend:create_app()"
@@ -32,6 +35,10 @@ control_socket_disable = True
 
 
 def on_starting(server):
+    # First: the instance's metrics directory, inherited by every worker (backend/ops/multiproc.py).
+    from backend.ops import multiproc
+
+    server.log.info("metrics directory: %s", multiproc.prepare())
     # Once, in the master, before any worker: schema and partitions are ready when workers start.
     from backend.cli import prepare_database
     from backend.config import Config, ConfigError
@@ -95,3 +102,14 @@ def when_ready(server):
 def on_exit(server):
     if _stream is not None:
         _stream.stop()
+def child_exit(server, worker):
+    # In the master: the worker's live gauges stop counting; its counters and status stay.
+    from backend.ops import multiproc
+
+    multiproc.worker_exited(worker.pid)
+
+
+def on_exit(server):
+    from backend.ops import multiproc
+
+    multiproc.remove_if_created()

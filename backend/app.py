@@ -7,7 +7,6 @@ gunicorn calls `backend:create_app()` once in each worker; tests call it with a 
 from __future__ import annotations
 
 import atexit
-import logging
 from typing import Any
 
 from flask import Flask, Response
@@ -17,6 +16,7 @@ from backend.api import config_routes, export, flow_stats, health, request_id, t
 from backend.api import config_routes, health, request_id, telemetry
 from backend.api.doors import init_doors
 from backend.api import config_routes, health, request_id, telemetry, thingsboard
+from backend.api import config_routes, health, metrics_routes, openapi, request_id, telemetry
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
@@ -29,6 +29,8 @@ from backend.ingest.guarded_pool import GuardedPool
 from backend.ingest.observers import WriteObservers
 from backend.ingest.write_path import WritePath
 from backend.live.wiring import init_stream
+from backend.ops import logs, requests
+from backend.ops.wiring import build_ops
 from backend.services import Services
 from backend.store.database import Database
 from backend.store.export import Exporter
@@ -39,7 +41,7 @@ from backend.store.retention import RetentionPolicy
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     cfg = (config or Config.from_env()).replace(**overrides)
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(cfg.log_level, cfg.log_format)  # JSON lines with the request id (backend/ops/logs.py)
     database = Database.resolve(cfg)  # embedded PostgreSQL when DATABASE_URL is empty
     pool = make_pool(database.url, cfg.db_pool_min, cfg.db_pool_max)
     observers = WriteObservers()  # who learns of committed writes: the alert engine (fleet)
@@ -54,7 +56,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     in_flight = admission.install(app, cfg.max_readings_in_flight)  # bounded ingest memory
     # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
     fleet = init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
-    svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet)
+    ops = build_ops(write_path, observers, catalogue, in_flight, fleet)  # metrics, instance status
+    svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet, ops)
     svc.init_app(app)
     init_doors(app, cfg, pool, buffer.sink_available)  # Idempotency-Key, line protocol: docs/doors.md
     for module in (health, telemetry, config_routes):
@@ -64,6 +67,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     export.init_app(app, Exporter(database.url, cfg.export_max_concurrent))  # GET /telemetry/export
     app.register_blueprint(flow_stats.bp)  # GET /api/flow-statistics (seed 004)
     app.register_blueprint(thingsboard.bp)  # ThingsBoard device HTTP API (docs/mqtt.md)
+    for module in (health, telemetry, config_routes, metrics_routes, openapi):
+        app.register_blueprint(module.bp)
+    requests.install(app, ops.metrics)  # per-request metrics and access-log fields
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()

@@ -227,6 +227,24 @@ class Config(BaseModel):
             values = _MappingSource(_EnvSettings, env)()
         return cls(**{**values, **overrides})
 
+    # --- Operations (backend/ops/, docs/operations.md): log lines, who may read /metrics
+    log_format: Literal["json", "text"] = "json"
+    # Addresses that read /metrics without a key: comma-separated CIDRs (127.0.0.1/32,10.0.0.0/8).
+    metrics_allow: Annotated[list[str], NoDecode] = []
+
+    @field_validator("metrics_allow", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        import ipaddress
+
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or CIDR network (e.g. 127.0.0.1/32)") from None
+        return items
+
 
 def _explain(exc: ValidationError) -> str:
     """One line per bad value, by variable name: 'ACK_TIMEOUT: Input should be a valid number'."""

@@ -16,8 +16,10 @@ if TYPE_CHECKING:  # the types only: these modules import services() themselves
     from backend.ingest.admission import InFlight
     from backend.ingest.buffer import BatchBuffer
     from backend.ingest.catalogue import FieldCatalogue
+    from backend.ingest.pipeline import IngestEvents
     from backend.ingest.spool import Spool
     from backend.ingest.write_path import WritePath
+    from backend.ops.wiring import Ops
     from backend.store.database import Database
     from backend.store.maintenance import Maintenance
 
@@ -35,10 +37,15 @@ class Services:
     health: HealthCheck
     maintenance: Maintenance
     fleet: Fleet
+    ops: Ops | None = None  # metrics and the instance status (backend/ops/)
 
     @property
     def buffer(self) -> BatchBuffer:
         return self.write_path.buffer
+
+    @property
+    def ingest_events(self) -> IngestEvents | None:
+        return self.ops.metrics if self.ops is not None else None
 
     @property
     def spool(self) -> Spool | None:  # None when SPOOL_DIR=off or the directory is unusable
@@ -47,6 +54,8 @@ class Services:
     def start(self) -> None:
         self.write_path.start()
         self.maintenance.start()
+        if self.ops is not None:
+            self.ops.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop everything of this worker: write what is pending, then release the database.
@@ -55,6 +64,8 @@ class Services:
         to call more than once.
         """
         self.write_path.close(timeout)  # first: it may still need the pool (or the spool)
+        if self.ops is not None:
+            self.ops.close()  # after the last flush: its final round publishes the final totals
         self.fleet.close()
         self.maintenance.stop()
         self.health.close()

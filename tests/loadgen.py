@@ -282,7 +282,7 @@ def worker_statuses(server: Any, attempts: int = 12) -> dict[int, dict[str, Any]
     seen: dict[int, dict[str, Any]] = {}
     for _ in range(attempts):
         try:
-            r = requests.get(server.url + "/telemetry/batch/status", headers=server.headers(), timeout=10)
+            r = requests.get(server.url + "/telemetry/batch/status?scope=worker", headers=server.headers(), timeout=10)
             body = r.json()
         except (requests.RequestException, ValueError):
             continue

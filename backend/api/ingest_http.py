@@ -26,6 +26,7 @@ from backend.ingest.parsing import PARSER_VERSION, Parser
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, Message
 from backend.ingest.pipeline import IngestOutcome, IngestPipeline, IngestRefused, IngestRequest
 from backend.ingest.register_map import teltonika_parser
+from backend.ops.requests import note_device
 from backend.services import services
 from backend.store.queries import iso
 
@@ -100,11 +101,13 @@ def _run_ingest(p: dict[str, Any], fmt: str | None, default_device_id: str | Non
             device_guard=guard_for(ident),
             admission=REQUEST_ADMISSION,
         )
-        outcome = IngestPipeline(svc.config, svc.buffer, svc.catalogue).run(req)
+        outcome = IngestPipeline(svc.config, svc.buffer, svc.catalogue, svc.ingest_events).run(req)
     except IngestRefused as exc:
         if exc.kind == pipeline.FORBIDDEN_DEVICE and ident is not None and ident.key_id == ANONYMOUS_KEY_ID:
             return anonymous_refused()
         return refusal_response(exc)
+    if outcome.single is not None and outcome.single.readings:
+        note_device(outcome.single.readings[0].device_id)  # for the access log (backend/ops/requests.py)
     body = outcome_body(outcome, p["store"], svc.config.data_source)
     if extra and outcome.status in (200, 207):
         body.update(extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Blueprint, Response
@@ -13,6 +14,8 @@ from backend.api.ingest_http import INGEST_PARAMS, run_ingest
 from backend.api.params import accepts, boolean, choice, integer, number, text, text_list, timestamp
 from backend.api.responses import error_response, json_response, now_iso
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from backend.ops import multiproc
+from backend.ops.status import merge, read_workers, worker_status
 from backend.services import services
 from backend.store.aggregates import AGGREGATES
 from backend.store.queries import (
@@ -99,12 +102,13 @@ def flush() -> Response:
 
 
 @bp.get("/telemetry/batch/status")
-@accepts()
-def batch_status(_p: dict[str, Any]) -> Response:
+@accepts(choice("scope", ("instance", "worker"), "instance"))
+def batch_status(p: dict[str, Any]) -> Response:
+    # The whole instance by default (every worker's published status: backend/ops/status.py).
     svc = services()
-    body = {"success": True, **svc.buffer.status(), "timestamp": now_iso()}
-    if svc.spool is not None:
-        body["spool"] = svc.spool.status()
-    body["catalogue"] = svc.catalogue.status()
-    body["admission"] = svc.admission.status()
-    return json_response(body)
+    own = worker_status(svc.buffer, svc.spool, svc.catalogue, svc.admission)
+    if p["scope"] == "worker":
+        body = {**own, "scope": "worker"}
+    else:
+        body = merge(own, read_workers(multiproc.status_dir(), os.getpid()))
+    return json_response({"success": True, **body, "timestamp": now_iso()})

@@ -32,6 +32,7 @@ class BufferStats:
     last_error_at: datetime | None = None
 
     def committed(self, result: WriteResult, rows: int, elapsed_ms: float) -> None:
+        result.write_seconds = elapsed_ms / 1000  # the write observers (metrics) see its time too
         self.flushes += 1
         if result.method:
             self.flushes_by_method[result.method] = self.flushes_by_method.get(result.method, 0) + 1

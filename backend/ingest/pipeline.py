@@ -44,6 +44,16 @@ class Admission(Protocol):
         """Hold the readings the body was parsed into."""
 
 
+class IngestEvents(Protocol):
+    """Who counts ingest outcomes (backend/ops/metrics.py), by parser name and transport."""
+
+    def ingested(self, fmt: str, transport: str, accepted: int, duplicates: int, rejected: int) -> None:
+        """A request not refused whole: its readings durably accepted, duplicate and refused."""
+
+    def refused(self, reason: str, transport: str) -> None:
+        """A request refused whole (an IngestRefused kind): nothing of it was stored."""
+
+
 class _Unbounded:
     def body(self, nbytes: int) -> None:
         return None
@@ -151,16 +161,36 @@ class IngestOutcome:
 
 
 class IngestPipeline:
-    def __init__(self, config: Config, buffer: BatchBuffer, catalogue: FieldCatalogue) -> None:
+    def __init__(self, config: Config, buffer: BatchBuffer, catalogue: FieldCatalogue,
+                 events: IngestEvents | None = None) -> None:
         self.config = config
         self.buffer = buffer
         self.catalogue = catalogue
+        self.events = events
 
     def run(self, req: IngestRequest, transport: str = "http") -> IngestOutcome:
         """Parse, validate and (when `req.store`) durably accept one request's readings.
 
         `transport` ("http", "line_protocol", "mqtt") labels the readings for the metrics.
         """
+    def run(self, req: IngestRequest, *, transport: str = "http") -> IngestOutcome:
+        """Parse, validate and (when `req.store`) durably accept one request's readings.
+
+        `transport`: how the body came ("http", "line_protocol", "mqtt"), for the counts.
+        """
+        if self.events is None:
+            return self._run(req)
+        try:
+            outcome = self._run(req)
+        except IngestRefused as exc:
+            self.events.refused(exc.kind, transport)
+            raise
+        if req.store:
+            self.events.ingested(outcome.format, transport, outcome.accepted, outcome.duplicates,
+                                 outcome.rejected_readings + len(outcome.conflicts))
+        return outcome
+
+    def _run(self, req: IngestRequest) -> IngestOutcome:
         cfg = self.config
         received = datetime.now(UTC)
         admission = req.admission or _Unbounded()

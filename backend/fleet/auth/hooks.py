@@ -156,6 +156,7 @@ def install_auth(app: Flask, cfg: Config, store: KeyStore, limits: RateLimits | 
             resp = error_response(401, UNAUTHORIZED)
             resp.headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
             return resp
+        g.fleet_key_id = ident.key_id  # the access log names the key of a refused request too
         if limits is not None and not ident.master:
             decision = limits.check_key(ident.key_id, endpoint)
             if not decision.allowed:

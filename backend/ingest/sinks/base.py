@@ -80,6 +80,8 @@ class WriteResult:
     conflicts: dict[uuid.UUID, list[tuple[int, str]]] = field(default_factory=dict)
     # how the sink wrote it (the PostgreSQL sink: "copy" or "insert"); shown in the batch status
     method: str = ""
+    # seconds the write took, retries included (set by the buffer for live flushes; 0 = not timed)
+    write_seconds: float = 0.0
 
     @property
     def duplicates(self) -> int:

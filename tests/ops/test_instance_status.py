@@ -1,0 +1,59 @@
+"""/telemetry/batch/status answers for the whole instance (every gunicorn worker), not one worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.live_server import wait_for
+from tests.ops.helpers import ingest_on_both_workers, instance_written, post_readings
+
+
+def _worker_views(server, workers: int) -> dict[int, dict]:
+    seen: dict[int, dict] = {}
+
+    def all_seen() -> bool:
+        st = server.get("/telemetry/batch/status?scope=worker", headers={"Connection": "close"}).json()
+        seen[st["worker_pid"]] = st
+        return len(seen) >= workers
+
+    wait_for(all_seen, timeout=60, interval=0.05)
+    return seen
+
+
+@pytest.mark.timeout(300)
+def test_status_adds_up_both_workers_whichever_answers(make_live_server):
+    server = make_live_server(workers=2)
+    sent = ingest_on_both_workers(server)
+    st = instance_written(server, sent)
+    assert st["scope"] == "instance" and st["workers_live"] == 2
+    per_worker = {w["pid"]: w["written_total"] for w in st["workers"]}
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), st["workers"]
+    assert sum(per_worker.values()) == sent
+    # Each worker's own view (scope=worker) holds only its share; both answer the same instance total.
+    views = _worker_views(server, 2)
+    assert {pid: v["written_total"] for pid, v in views.items()} == per_worker
+    assert all(v["written_total"] < sent for v in views.values())
+    for _ in range(6):
+        again = server.get("/telemetry/batch/status", headers={"Connection": "close"}).json()
+        assert again["written_total"] == sent and again["flushes_total"] >= 2
+        assert sum(again["flushes_by_method"].values()) == again["flushes_total"]
+
+
+@pytest.mark.timeout(300)
+def test_totals_survive_a_killed_worker_and_levels_count_only_live_ones(make_live_server):
+    server = make_live_server(workers=2)
+    sent = ingest_on_both_workers(server)
+    st = instance_written(server, sent)
+    victim = st["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)  # gunicorn's master starts a new worker; child_exit marks it dead
+    st = wait_for(lambda: (s := server.get("/telemetry/batch/status").json())["workers_live"] == 2
+                  and victim not in [w["pid"] for w in s["workers"] if w["live"]] and len(s["workers"]) == 3 and s,
+                  timeout=60, interval=0.2)
+    assert st["written_total"] == sent  # the dead worker's totals still count
+    more = post_readings(server, 8)
+    instance_written(server, sent + more)
+    metrics = server.get("/metrics").text
+    assert "telemetry_workers 2.0" in metrics  # live gauges of the dead worker no longer count
