@@ -92,7 +92,8 @@ def test_health_details_need_a_key_with_read_scope(make_app):
 
 def test_supabase_connected_only_for_a_supabase_database(make_app):
     r = make_app().test_client().get("/health")
-    assert r.json["database_connected"] is True and r.json["database"] == {"kind": "postgresql", "connected": True}
+    assert r.json["database_connected"] is True and r.json["database"] == {"kind": "postgresql", "via": "direct",
+                                                                  "connected": True}
     assert r.json["supabase_connected"] is False and r.json["batch_status"]["supabase_healthy"] is False
 
 
