@@ -69,3 +69,29 @@ def worker_exit(server, worker):
     svc = getattr(app, "extensions", {}).get("telemetry") if app is not None else None
     if svc is not None:
         svc.close(timeout=graceful_timeout)
+
+
+_stream = None  # the stream process (backend/live/process.py), a child of this master
+
+
+def when_ready(server):
+    # The live stream runs in its own asyncio process (docs/stream.md): open streams cost a
+    # coroutine there instead of a gthread thread here. STREAM_ENABLED=false leaves it out.
+    global _stream
+    from backend.config import Config, ConfigError
+
+    try:
+        cfg = Config.from_env()
+    except ConfigError:
+        return  # on_starting has already refused to start
+    if cfg.stream_enabled:
+        from backend.live.process import StreamProcess
+
+        _stream = StreamProcess()
+        _stream.start()
+        server.log.info("stream process on %s:%s", cfg.stream_host, cfg.stream_port)
+
+
+def on_exit(server):
+    if _stream is not None:
+        _stream.stop()

@@ -24,6 +24,7 @@ from backend.ingest.catalogue import FieldCatalogue
 from backend.ingest.guarded_pool import GuardedPool
 from backend.ingest.observers import WriteObservers
 from backend.ingest.write_path import WritePath
+from backend.live.wiring import init_stream
 from backend.services import Services
 from backend.store.database import Database
 from backend.store.maintenance import Maintenance
@@ -51,6 +52,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     svc.init_app(app)
     for module in (health, telemetry, config_routes):
         app.register_blueprint(module.bp)
+    init_stream(app, cfg, database.url, observers)  # live stream: publisher, tokens (docs/stream.md)
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
     register_error_handlers(app)
     svc.start()

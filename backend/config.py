@@ -97,6 +97,24 @@ class Config(BaseModel):
     # protocol); SUPABASE_URL is only read to refuse a start that would silently write to an
     # embedded database while the operator means Supabase (the seed's .env has only it).
     supabase_url: str = ""
+    # Live stream (backend/live/, docs/stream.md): the asyncio process gunicorn's master starts.
+    stream_enabled: bool = True
+    # The stream process's own database URL (empty: DATABASE_URL). It LISTENs, so behind a
+    # transaction-mode pooler give it a direct (session) connection string.
+    stream_database_url: str = ""
+    stream_host: str = "127.0.0.1"
+    stream_port: Annotated[int, Field(ge=1, le=65535)] = 5001
+    # What POST /api/stream/token answers as stream_url; empty: http://<request host>:STREAM_PORT/api/stream
+    # (behind nginx, which routes /api/stream to the stream process: set "/api/stream").
+    stream_public_url: str = ""
+    stream_token_ttl_s: Annotated[int, Field(ge=10, le=86_400)] = 300
+    stream_token_secret: str = ""  # empty: the per-database secret (stream_secret table)
+    stream_queue_events: Count = 5000  # per subscriber; beyond it events are dropped and counted
+    stream_heartbeat_s: Positive = 15.0
+    stream_poll_s: Positive = 1.0  # re-read stream_events this often even without a wake-up
+    stream_retention_s: Annotated[int, Field(ge=60)] = 900
+    stream_max_subscribers: Count = 5000
+    stream_socketio_public: bool = False  # Socket.IO without a token (seed 002's dashboard sends none)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -126,6 +144,8 @@ class Config(BaseModel):
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError(f"RETRY_BASE_DELAY={self.retry_base_delay:g} is above"
                              f" RETRY_MAX_DELAY={self.retry_max_delay:g}")
+        if self.stream_token_secret and len(self.stream_token_secret) < 16:
+            raise ValueError("STREAM_TOKEN_SECRET must have at least 16 characters")
         return self
 
     def __init__(self, **values: Any) -> None:

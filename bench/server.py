@@ -57,6 +57,7 @@ class Gunicorn:
             "DATA_DIR": str(self.workdir / "data"),
             "SPOOL_DIR": str(self.workdir / "spool"),
             "REDIS_URL": "",
+            "STREAM_ENABLED": "0",  # the stream phase (bench/stream.py) turns it on
             **GENEROUS_LIMITS,
             **(env or {}),
         }

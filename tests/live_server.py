@@ -66,6 +66,7 @@ class LiveServer:
             "RETRY_BASE_DELAY": "0.05",
             "RETRY_MAX_DELAY": "1",
             "ACK_TIMEOUT": "5",
+            "STREAM_ENABLED": "0",  # tests that stream turn it on with their own STREAM_PORT
             **(env or {}),
         }
 

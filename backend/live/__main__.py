@@ -1,0 +1,64 @@
+"""`python -m backend.live`: the stream process (started by gunicorn's master: process.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from backend.config import Config, ConfigError
+from backend.live.feed import EventFeed
+from backend.live.hub import Hub
+from backend.live.secret import token_secret
+from backend.live.server import StreamServer
+from backend.live.socketio_bridge import SocketIOBridge
+from backend.live.tokens import StreamTokens
+
+log = logging.getLogger("backend.live")
+
+
+async def serve(cfg: Config) -> None:
+    url = cfg.stream_database_url or cfg.database_url
+    if not url:
+        raise SystemExit("backend.live: DATABASE_URL is empty (gunicorn's master passes the embedded one)")
+    tokens = StreamTokens(token_secret(cfg, url), cfg.stream_token_ttl_s)
+    hub = Hub(cfg.stream_queue_events)
+    feed = EventFeed(url, hub, redis_url=cfg.redis_url, poll_s=cfg.stream_poll_s,
+                     retention_s=cfg.stream_retention_s)
+    app = web.Application()
+    server = StreamServer(cfg, hub, feed, tokens)
+    server.routes(app)
+    bridge = SocketIOBridge(cfg, hub, tokens)
+    bridge.sio.attach(app)
+    await feed.start()
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.stream_host, cfg.stream_port, backlog=2048, reuse_address=True)
+    await site.start()
+    log.info("stream on http://%s:%s/api/stream (wake-ups: %s)", cfg.stream_host, cfg.stream_port,
+             "Redis" if cfg.redis_url else "LISTEN/NOTIFY")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await feed.close()
+
+
+def main() -> int:
+    try:
+        cfg = Config.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

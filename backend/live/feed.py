@@ -1,0 +1,195 @@
+"""Reads committed readings from `stream_events` and feeds them to the hub, in id order.
+
+A cursor (the last row id dispatched) and "id > cursor" reads: ids are in commit order
+(migrations/0040), so nothing committed is skipped and nothing uncommitted is seen. The
+reads happen on a wake-up (NOTIFY telemetry_stream, or the Redis channel when REDIS_URL is
+set; backend/live/publisher.py sends them after each commit) and at least every
+STREAM_POLL_S, so a lost wake-up or a writer that sends none only adds latency. Old rows
+are deleted in bounded batches (STREAM_RETENTION_S), by one stream process at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from backend.live.frames import StreamEvent, events_of_row, split_event_id
+from backend.live.hub import Hub
+from backend.live.publisher import CHANNEL
+
+log = logging.getLogger(__name__)
+
+PAGE_ROWS = 200
+CLEANUP_EVERY_S = 30.0
+CLEANUP_BATCH = 5000
+CLEANUP_LOCK = 1936029293  # one stream process at a time deletes old rows
+
+
+def _loads(data: bytes | str) -> object:
+    return orjson.loads(data)
+
+
+class EventFeed:
+    def __init__(self, database_url: str, hub: Hub, *, redis_url: str = "", poll_s: float = 1.0,
+                 retention_s: int = 900) -> None:
+        self.database_url = database_url
+        self.hub = hub
+        self.redis_url = redis_url
+        self.poll_s = poll_s
+        self.retention_s = retention_s
+        self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False,
+                                        kwargs={"autocommit": True}, configure=self._configure)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.wakeups = 0
+        self.reads = 0
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection) -> None:
+        psycopg.types.json.set_json_loads(_loads, conn)
+
+    async def start(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT coalesce(max(id), 0) FROM stream_events")).fetchone()
+        self.hub.cursor = int(row[0]) if row else 0  # live from now; older rows via Last-Event-ID
+        wake = self._redis_wakeups() if self.redis_url else self._pg_wakeups()
+        self._tasks = [asyncio.create_task(wake), asyncio.create_task(self._follow()),
+                       asyncio.create_task(self._cleanup())]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.close()
+
+    # ---- following the table --------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.read_new()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("stream feed cannot read stream_events (%s); retrying", exc)
+                await asyncio.sleep(min(5.0, self.poll_s * 2))
+
+    async def read_new(self) -> None:
+        """Dispatch every row after the hub's cursor, a page at a time."""
+        while True:
+            rows = await self._rows_after(self.hub.cursor, None, PAGE_ROWS)
+            self.reads += 1
+            if not rows:
+                return
+            events: list[StreamEvent] = []
+            for row_id, readings in rows:
+                events.extend(events_of_row(row_id, readings))
+            self.hub.dispatch(rows[-1][0], events)
+            if len(rows) < PAGE_ROWS:
+                return
+
+    async def _rows_after(self, after: int, upto: int | None, limit: int) -> list[tuple[int, list[list[object]]]]:
+        async with self.pool.connection() as conn:
+            if upto is None:
+                cur = await conn.execute("SELECT id, readings FROM stream_events WHERE id > %s ORDER BY id LIMIT %s",
+                                         (after, limit))
+            else:
+                cur = await conn.execute("SELECT id, readings FROM stream_events WHERE id > %s AND id <= %s"
+                                         " ORDER BY id LIMIT %s", (after, upto, limit))
+            return [(int(r[0]), r[1]) for r in await cur.fetchall()]
+
+    async def catch_up(self, last_event_id: int, upto_row: int) -> AsyncIterator[list[StreamEvent]]:
+        """The events after `last_event_id` in rows up to `upto_row` (what the hub dispatched)."""
+        row, index = split_event_id(last_event_id)
+        first = True
+        after = row - 1
+        while after < upto_row:
+            rows = await self._rows_after(after, upto_row, PAGE_ROWS)
+            if not rows:
+                return
+            page: list[StreamEvent] = []
+            for row_id, readings in rows:
+                evs = events_of_row(row_id, readings)
+                if first and row_id == row:
+                    evs = evs[index + 1:]  # the rest of the row the client stopped in
+                page.extend(evs)
+            first = False
+            after = rows[-1][0]
+            yield page
+
+    async def oldest_row(self) -> int | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT min(id) FROM stream_events")).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    # ---- wake-ups ---------------------------------------------------------------------
+
+    def poke(self) -> None:
+        self.wakeups += 1
+        self._wake.set()
+
+    async def _pg_wakeups(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.poke()  # anything committed while we were not listening
+                    async for _ in conn.notifies():
+                        self.poke()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("LISTEN %s lost (%s); polling until it is back", CHANNEL, exc)
+                await asyncio.sleep(2.0)
+
+    async def _redis_wakeups(self) -> None:
+        import redis.asyncio as aioredis
+
+        while True:
+            try:
+                client = aioredis.from_url(self.redis_url)
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    self.poke()
+                    async for msg in pubsub.listen():
+                        if msg.get("type") == "message":
+                            self.poke()
+            except (OSError, aioredis.RedisError) as exc:
+                log.warning("Redis channel %s lost (%s); polling until it is back", CHANNEL, exc)
+                await asyncio.sleep(2.0)
+
+    # ---- retention --------------------------------------------------------------------
+
+    async def _cleanup(self) -> None:
+        while True:
+            await asyncio.sleep(CLEANUP_EVERY_S)
+            try:
+                await self.delete_expired()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("stream_events cleanup failed (%s)", exc)
+
+    async def delete_expired(self) -> int:
+        deleted = 0
+        async with self.pool.connection() as conn:
+            got = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (CLEANUP_LOCK,))).fetchone()
+            if not got or not got[0]:
+                return 0
+            try:
+                while True:  # bounded batches: short transactions, no long lock on the table
+                    cur = await conn.execute(
+                        "DELETE FROM stream_events WHERE id IN (SELECT id FROM stream_events"
+                        " WHERE created_at < now() - make_interval(secs => %s) ORDER BY id LIMIT %s)",
+                        (self.retention_s, CLEANUP_BATCH))
+                    deleted += cur.rowcount
+                    if cur.rowcount < CLEANUP_BATCH:
+                        return deleted
+                    await asyncio.sleep(0)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (CLEANUP_LOCK,))

@@ -1,0 +1,127 @@
+"""Fan-out of committed readings to the open streams of this process, never blocking on one.
+
+The feed hands each batch of new `stream_events` rows to `Hub.dispatch` on the event loop.
+Subscribers with the same filter share one encoded chunk (built once per batch), and each
+subscriber has a bounded queue (STREAM_QUEUE_EVENTS events): a subscriber that does not
+read fills its own queue, the events beyond it are dropped and counted, and the count is
+sent as `event: missed` where the gap is. Dispatch never waits for a socket, so a slow
+subscriber delays neither the others nor (in another process entirely) the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backend.live.frames import StreamEvent, missed_frame
+
+Filter = tuple[frozenset[str] | None, frozenset[str] | None]  # (devices, metrics); None = all
+Listener = Callable[[list[StreamEvent]], None]
+
+
+@dataclass(eq=False)
+class Subscriber:
+    devices: frozenset[str] | None
+    metrics: frozenset[str] | None
+    limit: int
+    chunks: deque[tuple[bytes, int]] = field(default_factory=deque)
+    queued: int = 0  # events in chunks
+    missed: int = 0  # dropped since the last `missed` frame was queued
+    missed_total: int = 0
+    delivered: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> Filter:
+        return (self.devices, self.metrics)
+
+    def offer(self, chunk: bytes, n: int) -> None:
+        if self.queued + n > self.limit:
+            self.missed += n
+            self.missed_total += n
+            self.wake.set()
+            return
+        if self.missed:
+            self.chunks.append((missed_frame(self.missed), 0))
+            self.missed = 0
+        self.chunks.append((chunk, n))
+        self.queued += n
+        self.wake.set()
+
+    def take(self) -> list[bytes]:
+        """Everything queued, and the `missed` frame for drops since (the gap is at the end)."""
+        out = [c for c, _ in self.chunks]
+        self.chunks.clear()
+        self.delivered += self.queued
+        self.queued = 0
+        if self.missed:
+            out.append(missed_frame(self.missed))
+            self.missed = 0
+        self.wake.clear()
+        return out
+
+
+class Hub:
+    def __init__(self, queue_events: int) -> None:
+        self.queue_events = queue_events
+        self.cursor = 0  # the last stream_events row id dispatched
+        self._groups: dict[Filter, set[Subscriber]] = defaultdict(set)
+        self._listeners: list[Listener] = []
+        self.dispatched_events = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(s) for s in self._groups.values())
+
+    def missed_total(self) -> int:
+        """Events dropped for the open subscribers (each one is told with `event: missed`)."""
+        return sum(sub.missed_total for group in self._groups.values() for sub in group)
+
+    def subscribe(self, devices: frozenset[str] | None, metrics: frozenset[str] | None) -> Subscriber:
+        sub = Subscriber(devices, metrics, self.queue_events)
+        self._groups[sub.key].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        group = self._groups.get(sub.key)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self._groups[sub.key]
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def dispatch(self, last_row_id: int, events: list[StreamEvent]) -> None:
+        """Offer `events` (rows up to `last_row_id`, in id order) to every matching subscriber."""
+        self.cursor = max(self.cursor, last_row_id)
+        if not events:
+            return
+        self.dispatched_events += len(events)
+        by_device: dict[str, list[StreamEvent]] | None = None
+        everything: bytes | None = None
+        for (devices, metrics), subs in list(self._groups.items()):
+            if devices is None:
+                sel = events if metrics is None else [e for e in events if e.metric in metrics]
+                if sel is events:
+                    everything = everything or b"".join(e.frame for e in events)
+                    chunk = everything
+                else:
+                    chunk = b"".join(e.frame for e in sel)
+            else:
+                if by_device is None:  # an index once per batch: filters name a few devices
+                    by_device = defaultdict(list)
+                    for e in events:
+                        by_device[e.device_id].append(e)
+                sel = [e for d in devices for e in by_device.get(d, ())
+                       if metrics is None or e.metric in metrics]
+                if len(devices) > 1:
+                    sel.sort(key=lambda e: e.event_id)
+                chunk = b"".join(e.frame for e in sel)
+            if sel:
+                for sub in subs:
+                    sub.offer(chunk, len(sel))
+        for listener in self._listeners:
+            listener(events)

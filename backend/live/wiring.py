@@ -1,0 +1,39 @@
+"""The Flask workers' side of the stream: the commit publisher and the token issuer."""
+
+from __future__ import annotations
+
+import atexit
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from backend.config import Config
+from backend.ingest.observers import WriteObservers
+from backend.live.publisher import CommitPublisher
+from backend.live.secret import LazyTokens
+
+EXTENSION = "stream"
+
+
+@dataclass(frozen=True)
+class StreamAccess:
+    config: Config
+    tokens: LazyTokens
+    publisher: CommitPublisher
+
+
+def init_stream(app: Flask, cfg: Config, database_url: str, observers: WriteObservers) -> StreamAccess:
+    from backend.api import stream as stream_api  # the blueprint; imports only Flask things
+
+    publisher = CommitPublisher(database_url, cfg.redis_url)
+    observers.register(publisher)  # after the alert engine: wake-ups are the cheapest observer
+    publisher.start()
+    atexit.register(publisher.close)
+    access = StreamAccess(cfg, LazyTokens(cfg, database_url), publisher)
+    app.extensions[EXTENSION] = access
+    app.register_blueprint(stream_api.bp)
+    return access
+
+
+def stream_access() -> StreamAccess:
+    return current_app.extensions[EXTENSION]
