@@ -238,3 +238,28 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["services"]["api"]["environment"]["PROXY_FIX_HOPS"] == "1"
+
+
+def test_a_stream_event_arrives_through_nginx(behind_nginx):
+    from tests.live.conftest import stream_env, wait_stream_up
+    from tests.live.sse import SSEReader
+
+    # As compose runs it: tokens name nginx's path, nginx routes it to the stream process.
+    server, url = behind_nginx(env=stream_env(STREAM_PUBLIC_URL="/api/stream"))
+    wait_stream_up(server)
+    r = requests.post(url + "/api/stream/token", headers={"X-API-Key": server.api_key}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["stream_url"] == "/api/stream"
+    sub = SSEReader(url + r.json()["stream_url"], [("token", r.json()["token"]), ("device_id", "via-nginx-live")],
+                    {"Accept-Encoding": "gzip"}).start()
+    try:
+        r = requests.post(url + "/telemetry/parse", data="device_id:via-nginx-live,ts:1700000000,temp:21.5",
+                          headers=server.headers(**{"Content-Type": "text/plain"}), timeout=30)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: sub.readings(), timeout=30)
+        (event,) = sub.readings()
+        assert event.data["value"] == 21.5 and event.data["metric"] == "temp"
+        # heartbeats flow too: the stream is not held in a buffer (or compressed)
+        wait_for(lambda: sub.comments >= 2, timeout=30)
+    finally:
+        sub.close()
