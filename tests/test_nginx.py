@@ -263,3 +263,33 @@ def test_a_stream_event_arrives_through_nginx(behind_nginx):
         wait_for(lambda: sub.comments >= 2, timeout=30)
     finally:
         sub.close()
+
+
+def nginx_block(text: str, opener: str) -> str:
+    """The body of the first block that starts with `opener` (braces balanced)."""
+    start = text.index(opener)
+    depth, i = 0, text.index("{", start)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    raise AssertionError(f"unbalanced block {opener}")
+
+
+def test_the_configuration_keeps_its_production_promises():
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    stream = nginx_block(conf, "location /api/stream {")
+    assert "proxy_pass http://telemetry_stream;" in stream
+    assert "proxy_buffering off;" in stream and "gzip off;" in stream
+    assert re.search(r"proxy_read_timeout (\d+)h;", stream) and "proxy_http_version 1.1;" in stream
+    assert "gzip on;" in conf and "application/json" in nginx_block(conf, "http {").split("gzip_types", 1)[1]
+    # the app's 413 passes: nginx's own limit is above the app's default MAX_BODY_BYTES
+    from backend.config import Config
+
+    limit = compose_env("nginx")["NGINX_CLIENT_MAX_BODY_SIZE"]
+    assert limit.endswith("m") and int(limit[:-1]) * 2**20 > Config().max_body_bytes
+    assert "error_page 413 @too_large;" in conf  # and beyond it, JSON too
+    template = (ROOT / "docker" / "templates" / "telemetry.conf.template").read_text()
+    assert "client_header_timeout ${NGINX_CLIENT_HEADER_TIMEOUT};" in template
+    assert "client_body_timeout ${NGINX_CLIENT_BODY_TIMEOUT};" in template
+    assert "server ${API_UPSTREAM};" in template and "server ${STREAM_UPSTREAM};" in template
