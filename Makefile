@@ -13,11 +13,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(RUN_STAMP): requirements.txt | $(PY)
-	$(PY) -m pip install --quiet -r requirements.txt
+$(RUN_STAMP): requirements.txt requirements-embedded.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-embedded.txt
 	touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt backend/modbus/requirements.txt | $(PY)
+$(DEV_STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt backend/modbus/requirements.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -4,6 +4,7 @@ serve      start the embedded PostgreSQL if needed, migrate, then run gunicorn
 migrate    apply pending migrations (also done by serve)
 partitions create the monthly partitions ahead of time
 retention  drop partitions past the RETENTION_*_DAYS policy (--dry-run: only list them)
+supabase check   connect, report pooler mode and version, migrate, list what is missing
 """
 
 from __future__ import annotations
@@ -136,6 +137,25 @@ def cmd_retention(args: argparse.Namespace) -> int:
                 return 1
     print(retention.describe(plans, dry_run=args.dry_run))
     return 0
+def cmd_supabase_check(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from backend.store.supabase_check import check, render
+    from backend.store.supabase_hint import missing_database_url
+
+    cfg = Config.from_env()
+    if not cfg.database_url:
+        print(missing_database_url(cfg.supabase_url or "https://<project-ref>.supabase.co"), file=sys.stderr)
+        return 2
+    try:
+        report = check(cfg)
+    except psycopg.OperationalError as exc:
+        print(f"cannot connect with DATABASE_URL: {str(exc).strip()}\n(Supabase: the password is the database"
+              " password; the direct host db.<ref>.supabase.co is IPv6-only without the IPv4 add-on,"
+              " use the pooler string instead)", file=sys.stderr)
+        return 1
+    print(render(report))
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     ret = sub.add_parser("retention", help="drop partitions older than the RETENTION_*_DAYS policy")
     ret.add_argument("--dry-run", action="store_true", help="list what would be dropped; change nothing")
     ret.set_defaults(func=cmd_retention)
+    supa = sub.add_parser("supabase", help="check a Supabase (or any PostgreSQL) database for the service")
+    supa.add_subparsers(dest="supabase_command", required=True).add_parser(
+        "check", help="connect, report pooler mode and version, migrate, list what is missing",
+    ).set_defaults(func=cmd_supabase_check)
     from backend.fleet.auth.cli import add_key_commands
 
     add_key_commands(sub, resolve_database_url)  # keys create|list|revoke (backend/fleet/auth/cli.py)

@@ -93,6 +93,10 @@ class Config(BaseModel):
     testing: bool = False
     # Fault injection, only honoured when testing is on (see docs/reliability.md).
     fault_point: str = ""
+    # Supabase (issue 16, docs/scaling.md). The service writes through DATABASE_URL (PostgreSQL's
+    # protocol); SUPABASE_URL is only read to refuse a start that would silently write to an
+    # embedded database while the operator means Supabase (the seed's .env has only it).
+    supabase_url: str = ""
     # Live stream (backend/live/, docs/stream.md): the asyncio process gunicorn's master starts.
     stream_enabled: bool = True
     # The stream process's own database URL (empty: DATABASE_URL). It LISTENs, so behind a
@@ -189,6 +193,10 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.supabase_url and not self.database_url:
+            from backend.store.supabase_hint import missing_database_url
+
+            raise ValueError(missing_database_url(self.supabase_url))
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(f"DB_POOL_MIN={self.db_pool_min} is above DB_POOL_MAX={self.db_pool_max}")
         if self.retry_base_delay > self.retry_max_delay:

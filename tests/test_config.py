@@ -10,7 +10,8 @@ from backend.config import Config, ConfigError
 def test_defaults_and_values_from_the_environment():
     assert Config.from_env({}) == Config()
     cfg = Config.from_env({"HEALTH_MAX_UNFLUSHED_AGE": "90", "CORS_ORIGINS": "https://a.example, https://b.example",
-                           "AUTH_REQUIRED": "off", "BATCH_SIZE": "", "SUPABASE_URL": "ignored, not ours"})
+                           "AUTH_REQUIRED": "off", "BATCH_SIZE": "", "SUPABASE_URL": "https://x.supabase.co",
+                           "DATABASE_URL": "postgresql://u@h/db"})
     assert cfg.health_max_unflushed_age == 90.0 and cfg.auth_required is False
     assert cfg.cors_origins == ["https://a.example", "https://b.example"]
     assert cfg.batch_size == 500  # empty = the default, as in .env.example

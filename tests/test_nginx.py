@@ -43,18 +43,31 @@ def compose_env(service: str) -> dict[str, str]:
     return {k: VAR.sub(lambda m: m.group(2) or "", str(v)) for k, v in env.items()}
 
 
-def start_nginx(tmp: Path, upstream_port: int, **overrides: str) -> tuple[subprocess.Popen, int]:
-    if shutil.which("nginx") is None:
+def start_nginx(tmp: Path, upstream_port: int | list[int], stream_port: int | list[int] | None = None,
+                **overrides: str) -> tuple[subprocess.Popen, int]:
+    """nginx with the project's configuration in front of one or several instances.
+
+    Several upstream ports stand for what `docker compose up --scale api=N` gives nginx: one
+    name that resolves to every replica, i.e. one `server` line per instance.
+    """
+    if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         pytest.skip("nginx is not installed (apt-get install -y nginx; .ci/run does it)")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "conf.d").mkdir(exist_ok=True)
-    values = {**compose_env("nginx"), "API_UPSTREAM": f"127.0.0.1:{upstream_port}", **overrides}
+    api_ports = upstream_port if isinstance(upstream_port, list) else [upstream_port]
+    stream_ports = stream_port if isinstance(stream_port, list) else [stream_port or api_ports[0]]
+    values = {**compose_env("nginx"), "API_UPSTREAM": f"127.0.0.1:{api_ports[0]}",
+              "STREAM_UPSTREAM": f"127.0.0.1:{stream_ports[0]}", **overrides}
     conf = (ROOT / "docker" / "nginx.conf").read_text()
     port = free_port()
     assert conf.count("listen 80;") == 1
     (tmp / "nginx.conf").write_text(conf.replace("listen 80;", f"listen 127.0.0.1:{port};"))
     for template in (ROOT / "docker" / "templates").glob("*.template"):
         text = VAR.sub(lambda m: values[m.group(1)], template.read_text())  # KeyError: compose lacks it
+        for name, ports in (("API_UPSTREAM", api_ports), ("STREAM_UPSTREAM", stream_ports)):
+            first = f"server {values[name]};"
+            assert first in text, (name, text)
+            text = text.replace(first, " ".join(f"server 127.0.0.1:{p};" for p in ports))
         # Only for this test: paths a non-root nginx can write, and no shared access log.
         text += "".join(f"\n{kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                                          "uwsgi", "scgi"))
@@ -62,7 +75,7 @@ def start_nginx(tmp: Path, upstream_port: int, **overrides: str) -> tuple[subpro
         (tmp / "conf.d" / template.name.removesuffix(".template")).write_text(text)
     # As root, workers would switch to nobody, who cannot enter pytest's private temp dirs.
     user = "user root; " if os.geteuid() == 0 else ""
-    args = ["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
+    args = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
             "-g", f"daemon off; pid {tmp}/nginx.pid; error_log stderr; {user}"]
     check = subprocess.run([*args[:-2], "-t", *args[-2:]], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -91,7 +104,8 @@ def behind_nginx(make_live_server, tmp_path):
         # this machine's database and Redis instead of the compose services.
         api_env = {k: v for k, v in compose_env("api").items() if k not in ("DATABASE_URL", "REDIS_URL", "HOST")}
         server = make_live_server(env={**api_env, **(env or {})}, **kw)
-        proc, port = start_nginx(tmp_path / f"nginx{len(procs)}", server.port, **(nginx or {}))
+        stream_port = int(server.env.get("STREAM_PORT") or server.port)
+        proc, port = start_nginx(tmp_path / f"nginx{len(procs)}", server.port, stream_port, **(nginx or {}))
         procs.append(proc)
         return server, f"http://127.0.0.1:{port}"
 
@@ -133,12 +147,33 @@ def test_each_client_address_has_its_own_budget_and_health_none(behind_nginx):
     bad_key = {"X-API-Key": "tk_wrong"}
     assert [get_from(url, "127.0.0.1", "/health") for _ in range(5)] == [200] * 5  # a prober: never limited
     assert [get_from(url, "127.0.0.1", "/api/devices", bad_key) for _ in range(4)] == [401, 401, 401, 429]
-    # another client behind the same nginx still has its whole budget
-    assert get_from(url, "127.0.0.2", "/api/devices", bad_key) == 401
+    # other clients behind the same nginx still have their whole budgets, each its own
+    assert [get_from(url, "127.0.0.2", "/api/devices", bad_key) for _ in range(4)] == [401, 401, 401, 429]
+    assert [get_from(url, "127.0.0.3", "/api/devices", bad_key) for _ in range(3)] == [401, 401, 401]
     # naming another address does not escape the budget: nginx appends the real one, the app takes that
     spoofed = {**bad_key, "X-Forwarded-For": "10.1.2.3"}
     assert get_from(url, "127.0.0.1", "/api/devices", spoofed) == 429
     assert get_from(url, "127.0.0.1", "/health") == 200
+
+
+def test_query_answers_are_compressed_and_ingest_answers_pass(behind_nginx):
+    server, url = behind_nginx()
+    body = "\n".join(f"device_id:gz,seq:{i},ts:2026-01-01T00:00:{i:02d}Z" for i in range(60))
+    r = requests.post(url + "/telemetry", data=body, headers=server.headers(**{"Content-Type": "text/plain"}),
+                      timeout=10)
+    assert r.status_code == 200 and r.json()["accepted"] == 60, r.text
+    r = requests.get(url + "/telemetry/query?device_id=gz&limit=100&start=2026-01-01T00:00:00Z",
+                     headers=server.headers(**{"Accept-Encoding": "gzip"}), timeout=10, stream=True)
+    assert r.status_code == 200 and r.headers.get("Content-Encoding") == "gzip", r.headers
+    raw = r.raw.read(decode_content=False)
+    import gzip
+
+    plain = gzip.decompress(raw)
+    assert json.loads(plain)["count"] == 60 and len(raw) * 3 < len(plain), (len(raw), len(plain))
+    # without Accept-Encoding: plain JSON
+    r = requests.get(url + "/telemetry/query?device_id=gz&limit=100&start=2026-01-01T00:00:00Z",
+                     headers=server.headers(**{"Accept-Encoding": "identity"}), timeout=10)
+    assert "Content-Encoding" not in r.headers and r.json()["count"] == 60
 
 
 def test_body_over_max_body_bytes_gets_the_apps_json_413(behind_nginx):
@@ -203,3 +238,58 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["services"]["api"]["environment"]["PROXY_FIX_HOPS"] == "1"
+
+
+def test_a_stream_event_arrives_through_nginx(behind_nginx):
+    from tests.live.conftest import stream_env, wait_stream_up
+    from tests.live.sse import SSEReader
+
+    # As compose runs it: tokens name nginx's path, nginx routes it to the stream process.
+    server, url = behind_nginx(env=stream_env(STREAM_PUBLIC_URL="/api/stream"))
+    wait_stream_up(server)
+    r = requests.post(url + "/api/stream/token", headers={"X-API-Key": server.api_key}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["stream_url"] == "/api/stream"
+    sub = SSEReader(url + r.json()["stream_url"], [("token", r.json()["token"]), ("device_id", "via-nginx-live")],
+                    {"Accept-Encoding": "gzip"}).start()
+    try:
+        r = requests.post(url + "/telemetry/parse", data="device_id:via-nginx-live,ts:1700000000,temp:21.5",
+                          headers=server.headers(**{"Content-Type": "text/plain"}), timeout=30)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: sub.readings(), timeout=30)
+        (event,) = sub.readings()
+        assert event.data["value"] == 21.5 and event.data["metric"] == "temp"
+        # heartbeats flow too: the stream is not held in a buffer (or compressed)
+        wait_for(lambda: sub.comments >= 2, timeout=30)
+    finally:
+        sub.close()
+
+
+def nginx_block(text: str, opener: str) -> str:
+    """The body of the first block that starts with `opener` (braces balanced)."""
+    start = text.index(opener)
+    depth, i = 0, text.index("{", start)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    raise AssertionError(f"unbalanced block {opener}")
+
+
+def test_the_configuration_keeps_its_production_promises():
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    stream = nginx_block(conf, "location /api/stream {")
+    assert "proxy_pass http://telemetry_stream;" in stream
+    assert "proxy_buffering off;" in stream and "gzip off;" in stream
+    assert re.search(r"proxy_read_timeout (\d+)h;", stream) and "proxy_http_version 1.1;" in stream
+    assert "gzip on;" in conf and "application/json" in nginx_block(conf, "http {").split("gzip_types", 1)[1]
+    # the app's 413 passes: nginx's own limit is above the app's default MAX_BODY_BYTES
+    from backend.config import Config
+
+    limit = compose_env("nginx")["NGINX_CLIENT_MAX_BODY_SIZE"]
+    assert limit.endswith("m") and int(limit[:-1]) * 2**20 > Config().max_body_bytes
+    assert "error_page 413 @too_large;" in conf  # and beyond it, JSON too
+    template = (ROOT / "docker" / "templates" / "telemetry.conf.template").read_text()
+    assert "client_header_timeout ${NGINX_CLIENT_HEADER_TIMEOUT};" in template
+    assert "client_body_timeout ${NGINX_CLIENT_BODY_TIMEOUT};" in template
+    assert "server ${API_UPSTREAM};" in template and "server ${STREAM_UPSTREAM};" in template

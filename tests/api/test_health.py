@@ -22,7 +22,7 @@ def test_health_503_with_reason_when_database_unreachable_and_recovers(stoppable
         stoppable_pg.stop()
         r = wait_for(lambda: (r := client.get("/health")).status_code == 503 and r, timeout=20)
         assert r.json["status"] == "unhealthy" and r.json["database_connected"] is False
-        assert r.json["database"] == {"kind": "postgresql", "connected": False}
+        assert r.json["database"] == {"kind": "postgresql", "via": "direct", "connected": False}
         assert r.json["reason"] == "database unreachable"  # the cause is for operators (details)
         details = client.get("/health?details=1", headers=ADMIN)
         assert details.status_code == 503 and details.json["reason"].startswith("database unreachable: ")
@@ -92,7 +92,8 @@ def test_health_details_need_a_key_with_read_scope(make_app):
 
 def test_supabase_connected_only_for_a_supabase_database(make_app):
     r = make_app().test_client().get("/health")
-    assert r.json["database_connected"] is True and r.json["database"] == {"kind": "postgresql", "connected": True}
+    assert r.json["database_connected"] is True and r.json["database"] == {"kind": "postgresql", "via": "direct",
+                                                                  "connected": True}
     assert r.json["supabase_connected"] is False and r.json["batch_status"]["supabase_healthy"] is False
 
 
