@@ -99,9 +99,6 @@ def when_ready(server):
         server.log.info("stream process on %s:%s", cfg.stream_host, cfg.stream_port)
 
 
-def on_exit(server):
-    if _stream is not None:
-        _stream.stop()
 def child_exit(server, worker):
     # In the master: the worker's live gauges stop counting; its counters and status stay.
     from backend.ops import multiproc
@@ -110,6 +107,8 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
+    if _stream is not None:
+        _stream.stop()
     from backend.ops import multiproc
 
     multiproc.remove_if_created()

@@ -12,15 +12,22 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from backend.api import config_routes, export, flow_stats, health, request_id, telemetry
-from backend.api import config_routes, health, request_id, telemetry
+from backend import dashboard
+from backend.api import (
+    config_routes,
+    export,
+    flow_stats,
+    health,
+    metrics_routes,
+    openapi,
+    request_id,
+    telemetry,
+    thingsboard,
+)
 from backend.api.doors import init_doors
-from backend.api import config_routes, health, request_id, telemetry, thingsboard
-from backend.api import config_routes, health, metrics_routes, openapi, request_id, telemetry
 from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
-from backend.dashboard import bp as dashboard_bp
 from backend.fleet import init_fleet
 from backend.fleet.ratelimit import make_rate_limits
 from backend.ingest import admission
@@ -37,6 +44,10 @@ from backend.store.export import Exporter
 from backend.store.maintenance import Maintenance
 from backend.store.pool import make_pool
 from backend.store.retention import RetentionPolicy
+
+
+# Every route's module; backend/api/openapi.py describes each of their routes.
+BLUEPRINTS = (health, telemetry, config_routes, flow_stats, thingsboard, metrics_routes, openapi, dashboard)
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
@@ -60,14 +71,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet, ops)
     svc.init_app(app)
     init_doors(app, cfg, pool, buffer.sink_available)  # Idempotency-Key, line protocol: docs/doors.md
-    for module in (health, telemetry, config_routes):
-        app.register_blueprint(module.bp)
-    app.register_blueprint(dashboard_bp)  # the page at / (backend/dashboard/, docs/dashboard.md)
     init_stream(app, cfg, database.url, observers)  # live stream: publisher, tokens (docs/stream.md)
     export.init_app(app, Exporter(database.url, cfg.export_max_concurrent))  # GET /telemetry/export
-    app.register_blueprint(flow_stats.bp)  # GET /api/flow-statistics (seed 004)
-    app.register_blueprint(thingsboard.bp)  # ThingsBoard device HTTP API (docs/mqtt.md)
-    for module in (health, telemetry, config_routes, metrics_routes, openapi):
+    for module in BLUEPRINTS:
         app.register_blueprint(module.bp)
     requests.install(app, ops.metrics)  # per-request metrics and access-log fields
     request_id.init_app(app)  # X-Request-Id on every answer (backend/api/request_id.py)
@@ -75,7 +81,6 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     svc.start()
     atexit.register(svc.close)
     return app
-
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -137,6 +137,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
                 return 1
     print(retention.describe(plans, dry_run=args.dry_run))
     return 0
+
+
 def cmd_supabase_check(args: argparse.Namespace) -> int:
     import psycopg
 

@@ -95,10 +95,9 @@ class IngestRequest:
     default_device: str | None = None
     fallback_device: str | None = None
     format: str | None = None  # a parser name; else the Content-Type picks it
-    parser: Parser | None = None  # a configured parser (line protocol's precision); wins over `format`
-    transport: str = "http"  # how the body came: http, line_protocol, mqtt (metrics label readings by it)
-    # A configured parser instance (e.g. Teltonika with a gateway's register mapping); wins over `format`.
+    # A configured parser (line protocol's precision, Teltonika's register mapping); wins over `format`.
     parser: Parser | None = None
+    transport: str = "http"  # how the body came: http, line_protocol, mqtt (metrics label readings by it)
     store: bool = True
     key_id: str | None = None  # for the catalogue's per-key bound on new metric names
     device_guard: DeviceGuard | None = None
@@ -168,16 +167,12 @@ class IngestPipeline:
         self.catalogue = catalogue
         self.events = events
 
-    def run(self, req: IngestRequest, transport: str = "http") -> IngestOutcome:
+    def run(self, req: IngestRequest, *, transport: str | None = None) -> IngestOutcome:
         """Parse, validate and (when `req.store`) durably accept one request's readings.
 
-        `transport` ("http", "line_protocol", "mqtt") labels the readings for the metrics.
+        `transport` ("http", "line_protocol", "mqtt"; default `req.transport`) labels the counts.
         """
-    def run(self, req: IngestRequest, *, transport: str = "http") -> IngestOutcome:
-        """Parse, validate and (when `req.store`) durably accept one request's readings.
-
-        `transport`: how the body came ("http", "line_protocol", "mqtt"), for the counts.
-        """
+        transport = transport or req.transport
         if self.events is None:
             return self._run(req)
         try:
@@ -236,7 +231,6 @@ class IngestPipeline:
         if result.device_metadata:
             accepted = {m.readings[0].device_id for m in messages}
             outcome.device_metadata = {d: t for d, t in result.device_metadata.items() if d in accepted}
-            server_timed=server_timed, single=messages[0] if len(messages) == 1 else None, transport=transport)
         if not req.store:
             return outcome
         sub = Submission(

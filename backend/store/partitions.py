@@ -1,10 +1,10 @@
-"""Monthly partitions of telemetry_readings and of its rollups, created ahead of time.
+"""Monthly partitions, created ahead of time: telemetry_readings and its rollups, the raw
+payloads and the quarantine.
 
 The rollups (migrations/0020) get the same months as the raw table, so a late reading
-finds its rollup partitions wherever it finds its raw one.
+finds its rollup partitions wherever it finds its raw one. The raw payloads and quarantine
+(migration 0025) are monthly so that retention (backend/store/retention.py) drops months.
 """
-"""Monthly partitions, created ahead of time: telemetry_readings, and (migration 0025) the raw
-payloads and quarantine, which retention (backend/store/retention.py) drops month by month."""
 
 from __future__ import annotations
 
@@ -25,34 +25,30 @@ def month_start(day: date, delta_months: int = 0) -> date:
 
 
 def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date | None = None) -> int:
-    """Partitions from last month to `months_ahead` months ahead; returns how many were new."""
+    """Partitions from last month to `months_ahead` months ahead; returns how many raw ones were new."""
     today = today or datetime.now(UTC).date()
     row = conn.execute(_ENSURE, (month_start(today, -1), months_ahead + 2) * 2).fetchone()
-    return int(row[0]) if row else 0
-    row = conn.execute(
-        "SELECT telemetry_ensure_partitions(%s, %s)", (month_start(today, -1), months_ahead + 2)
-    ).fetchone()
     created = int(row[0]) if row else 0
+    others = 0
     for table in MONTHLY_TABLES:
         row = conn.execute("SELECT partition_ensure_monthly(%s::regclass, %s, %s)",
                            (table, month_start(today, -1), months_ahead + 2)).fetchone()
-        created += int(row[0]) if row else 0
+        others += int(row[0]) if row else 0
+    _secure_new(conn, created + others)
     return created
-    return _secured(conn, int(row[0]) if row else 0)
 
 
 def ensure_month(conn: psycopg.Connection, day: date) -> int:
     """The partition for one month (moving its rows out of the default partition)."""
     row = conn.execute(_ENSURE, (month_start(day), 1) * 2).fetchone()
-    return int(row[0]) if row else 0
-    row = conn.execute("SELECT telemetry_ensure_partitions(%s, 1)", (month_start(day),)).fetchone()
-    return _secured(conn, int(row[0]) if row else 0)
+    created = int(row[0]) if row else 0
+    _secure_new(conn, created)
+    return created
 
 
-def _secured(conn: psycopg.Connection, created: int) -> int:
+def _secure_new(conn: psycopg.Connection, created: int) -> None:
     # A new partition is a table Supabase's REST API could serve by name: RLS on it too.
     if created:
         from backend.store.migrations import secure_tables
 
         secure_tables(conn)
-    return created

@@ -1,7 +1,12 @@
 """Input formats. Importing the package registers every format module in it."""
 
-from backend.ingest.parsing import json_format, line_protocol, raw  # noqa: F401  (imported for their register() side effect)
-from backend.ingest.parsing import json_format, raw, teltonika, thingsboard  # noqa: F401  (imported for their register() side effect)
+from backend.ingest.parsing import (  # noqa: F401  (imported for their register() side effect)
+    json_format,
+    line_protocol,
+    raw,
+    teltonika,
+    thingsboard,
+)
 from backend.ingest.parsing.base import (
     PARSER_VERSION,
     ParseContext,
