@@ -45,7 +45,6 @@ from backend.store.maintenance import Maintenance
 from backend.store.pool import make_pool
 from backend.store.retention import RetentionPolicy
 
-
 # Every route's module; backend/api/openapi.py describes each of their routes.
 BLUEPRINTS = (health, telemetry, config_routes, flow_stats, thingsboard, metrics_routes, openapi, dashboard)
 
