@@ -7,16 +7,34 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from backend.analytics.buckets import BucketSpec, zone
+from backend.analytics.buckets import BUCKET_NAMES, BucketSpec, zone
+from backend.analytics.fill import FILLS
 from backend.analytics.series import shape
+from backend.api.params import Param, choice, integer, text, text_list, timestamp
 from backend.api.responses import now_iso
-from backend.store.aggregates import AggregateRequest, fetch_aggregate
+from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from backend.store.aggregates import AGGREGATES, AggregateRequest, fetch_aggregate
 from backend.store.queries import QueryError, iso, shift
 
 # Gap filling lists every bucket of every series: bounded so one request cannot ask for
 # millions of made-up points.
 MAX_FILLED_BUCKETS = 100_000
 MAX_FILLED_POINTS = 1_000_000
+
+# /telemetry/aggregate's parameters (GET /telemetry/export?kind=aggregate takes the same).
+AGGREGATE_PARAMS: tuple[Param, ...] = (
+    text_list("metric", max_len=MAX_NAME_LEN),  # one or several; required
+    choice("bucket", BUCKET_NAMES, "1m"),
+    choice("agg", AGGREGATES, "avg"),
+    timestamp("start"),
+    timestamp("end"),
+    text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
+    text("tz", "UTC", max_len=64),
+    choice("fill", FILLS, "none"),
+    integer("downsample", None, 2, 100_000),
+    choice("group_by", ("device", "fleet"), "device"),
+    choice("source", ("auto", "raw"), "auto"),  # raw: the same answer from raw rows only
+)
 
 
 def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:

@@ -4,37 +4,51 @@ streamed (backend/store/export.py).
 kind=query (default) takes /telemetry/query's filters (device_id, metric, start, end,
 hours), an optional limit, and order_by (default `series`: device, metric, time, which
 streams straight from the unique key) with desc. kind=aggregate takes
-/telemetry/aggregate's parameters (metric, bucket, agg, start, end, device_id). A
+/telemetry/aggregate's parameters (backend/api/analytics.py: metric, bucket, agg, tz, fill,
+downsample, group_by, source, start, end, device_id) and exports the rows of that very
+answer. A
 parameter of the other kind is refused (400 naming it), so a mistyped request never
 exports something else than what was asked.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from flask import Blueprint, Flask, Response, current_app
 
-from backend.api.params import accepts, boolean, choice, integer, number, text_list, timestamp
+from backend.api.analytics import AGGREGATE_PARAMS, aggregate_answer
+from backend.api.params import Param, accepts, boolean, choice, integer, number, text_list, timestamp
 from backend.api.responses import error_response
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
+from backend.services import services
 from backend.store.export import (
     FORMATS,
     ExportBusy,
     Exporter,
     ExportStatement,
-    aggregate_statement,
+    aggregate_rows,
     readings_statement,
 )
-from backend.store.queries import AGGREGATES, BUCKETS, ORDER_ALIASES, ORDER_COLUMNS, QueryError, ReadingQuery
+from backend.store.queries import ORDER_ALIASES, ORDER_COLUMNS, QueryError, ReadingQuery
 
 bp = Blueprint("export", __name__)
 EXTENSION = "export"
 MIMETYPES = {"csv": "text/csv", "ndjson": "application/x-ndjson"}  # Flask adds charset=utf-8 to text/*
 # Parameters that belong to one kind only.
 QUERY_ONLY = ("hours", "limit", "order_by", "desc")
-AGGREGATE_ONLY = ("bucket", "agg")
+_SHARED = ("metric", "device_id", "start", "end")
+# The aggregate's own parameters, without their defaults here (None = not given), so that
+# one given with kind=query is refused; _aggregate_params() puts the defaults back.
+_AGGREGATE_OWN = {p.name: p for p in AGGREGATE_PARAMS if p.name not in _SHARED}
+AGGREGATE_ONLY = tuple(_AGGREGATE_OWN)
+
+
+def _undefaulted(p: Param) -> Param:
+    return dataclasses.replace(p, default=None)
 
 
 def init_app(app: Flask, exporter: Exporter) -> None:
@@ -54,16 +68,15 @@ def init_app(app: Flask, exporter: Exporter) -> None:
     integer("limit", None, 1, 10**12),
     choice("order_by", ["series", *ORDER_COLUMNS, *ORDER_ALIASES], None),
     boolean("desc", None),
-    choice("bucket", BUCKETS, None),
-    choice("agg", AGGREGATES, None),
+    *(_undefaulted(p) for p in _AGGREGATE_OWN.values()),
 )
 def export(p: dict[str, Any]) -> Response:
     fmt, kind = p["format"], p["kind"]
     try:
         if kind == "aggregate":
-            stmt = aggregate_statement(_aggregate_params(p), fmt)
-        else:
-            stmt = _readings(p, fmt)
+            answer = aggregate_answer(services().pool, _aggregate_params(p))
+            return _attachment(aggregate_rows(answer["data"], fmt), kind, fmt)
+        stmt = _readings(p, fmt)
     except _WrongKind as exc:
         return error_response(400, str(exc), parameter=exc.name)
     except QueryError as exc:
@@ -77,6 +90,10 @@ def export(p: dict[str, Any]) -> Response:
         current_app.logger.warning("export: database not reachable", exc_info=True)
         return error_response(503, "the database is not reachable; try again shortly", retry_after=5,
                               reason="database_unavailable")
+    return _attachment(body, kind, fmt)
+
+
+def _attachment(body: Iterator[bytes], kind: str, fmt: str) -> Response:
     name = f"telemetry-{kind}.{fmt}"
     return Response(body, mimetype=MIMETYPES[fmt], headers={
         "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",
@@ -95,12 +112,10 @@ def _aggregate_params(p: dict[str, Any]) -> dict[str, Any]:
     for name in QUERY_ONLY:
         if p[name] is not None:
             raise _WrongKind(name, "only with kind=query")
-    metrics = p["metric"]
-    if len(metrics) != 1:
-        raise _WrongKind("metric", "kind=aggregate takes exactly one metric" if metrics
-                         else "required with kind=aggregate")
-    return {"metric": metrics[0], "bucket": p["bucket"] or "1m", "agg": p["agg"] or "avg", "start": p["start"],
-            "end": p["end"], "device_id": p["device_id"]}
+    if not p["metric"]:
+        raise _WrongKind("metric", "required with kind=aggregate (one or several)")
+    own = {name: p[name] if p[name] is not None else spec.default for name, spec in _AGGREGATE_OWN.items()}
+    return {**{name: p[name] for name in _SHARED}, **own}
 
 
 def _readings(p: dict[str, Any], fmt: str) -> ExportStatement:

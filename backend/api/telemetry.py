@@ -7,17 +7,14 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from backend.analytics.buckets import BUCKET_NAMES
-from backend.analytics.fill import FILLS
-from backend.api.analytics import aggregate_answer
+from backend.api.analytics import AGGREGATE_PARAMS, aggregate_answer
 from backend.api.ingest_http import INGEST_PARAMS, run_ingest
-from backend.api.params import accepts, boolean, choice, integer, number, text, text_list, timestamp
+from backend.api.params import accepts, boolean, choice, integer, number, text_list, timestamp
 from backend.api.responses import error_response, json_response, now_iso
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from backend.ops import multiproc
 from backend.ops.status import merge, read_workers, worker_status
 from backend.services import services
-from backend.store.aggregates import AGGREGATES
 from backend.store.queries import (
     MAX_LIMIT,
     ORDER_ALIASES,
@@ -69,19 +66,7 @@ def query(p: dict[str, Any]) -> Response:
 
 
 @bp.get("/telemetry/aggregate")
-@accepts(
-    text_list("metric", max_len=MAX_NAME_LEN),  # one or several; required
-    choice("bucket", BUCKET_NAMES, "1m"),
-    choice("agg", AGGREGATES, "avg"),
-    timestamp("start"),
-    timestamp("end"),
-    text_list("device_id", max_len=MAX_DEVICE_ID_LEN),
-    text("tz", "UTC", max_len=64),
-    choice("fill", FILLS, "none"),
-    integer("downsample", None, 2, 100_000),
-    choice("group_by", ("device", "fleet"), "device"),
-    choice("source", ("auto", "raw"), "auto"),  # raw: the same answer from raw rows only
-)
+@accepts(*AGGREGATE_PARAMS)
 def aggregate(p: dict[str, Any]) -> Response:
     try:
         return json_response(aggregate_answer(services().pool, p))

@@ -15,16 +15,18 @@ or escaped and each line is the JSON document exactly.
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
-from backend.store.queries import BUCKETS, ORDER_COLUMNS, QueryError, ReadingQuery, shift
+from backend.store.queries import ORDER_COLUMNS, ReadingQuery
 
 CHUNK_BYTES = 256 * 1024
 FORMATS = ("csv", "ndjson")
@@ -84,36 +86,29 @@ def readings_statement(q: ReadingQuery, fmt: str, order_by: str, limit: int | No
     return ExportStatement(_wrap(select, fmt), params, (",".join(READING_COLUMNS) + "\n").encode())
 
 
-def aggregate_statement(p: dict[str, Any], fmt: str) -> ExportStatement:
-    """Time buckets of one metric, as `/telemetry/aggregate` computes them over raw rows.
+def aggregate_rows(rows: list[dict[str, Any]], fmt: str) -> Iterator[bytes]:
+    """An aggregate's rows (as /telemetry/aggregate answers them) as CSV or NDJSON pieces.
 
-    The same SQL as backend/store/queries.fetch_buckets (date_bin from 2000-01-01 UTC, one
-    row per bucket and device); once the rollups read path lands, it is the one to share.
+    The rows are already in memory (the aggregate's answer is bounded like the JSON one);
+    going through the same function keeps an export equal to the answer it exports.
     """
-    metric, bucket, agg = p["metric"], p["bucket"], p["agg"]
-    end = p["end"] or datetime.now(UTC)
-    start = p["start"] or shift(end, -timedelta(hours=24))
-    if start > end:
-        raise QueryError("start is after end")
-    if agg in ("first", "last"):
-        expr = f"(array_agg(value ORDER BY ts {'ASC' if agg == 'first' else 'DESC'}))[1]"
-    else:
-        expr = f"{agg}(value)"
-    params: list[Any] = [BUCKETS[bucket], metric, start, end]
-    where = " WHERE metric = %s AND ts >= %s AND ts < %s"
-    devices = p["device_id"]
-    if devices:
-        where += " AND device_id = ANY(%s)"
-        params.append(devices)
-    inner = ("SELECT date_bin(%s::interval, ts, TIMESTAMPTZ '2000-01-01') AS b, device_id AS d, "
-             + expr + " AS v, count(*) AS n FROM telemetry_readings" + where + " GROUP BY 1, 2")
-    if fmt == "ndjson":
-        cols = ("""'{"bucket":' || to_json(b) || ',"device_id":' || to_json(d) || ',"value":' ||"""
-                """ coalesce(to_json(v)::text, 'null') || ',"count":' || n || '}'""")
-    else:
-        cols = "b, d, v, n"
-    select = sql.SQL("SELECT " + cols + " FROM (" + inner + ") s ORDER BY b, d")
-    return ExportStatement(_wrap(select, fmt), params, (",".join(BUCKET_COLUMNS) + "\n").encode())
+    columns = list(rows[0]) if rows else list(BUCKET_COLUMNS)
+    buf = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+    for row in rows:
+        if fmt == "csv":
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+        else:
+            buf.write(orjson.dumps(row).decode())
+            buf.write("\n")
+        if buf.tell() >= CHUNK_BYTES:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    if buf.tell():
+        yield buf.getvalue().encode()
 
 
 class Exporter:
