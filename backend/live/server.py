@@ -10,6 +10,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import orjson
@@ -58,6 +59,14 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         content_type="application/json", headers=headers)
 
 
+def _percentiles(values: Iterable[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p99": None, "max": None, "rows": 0}
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1), "rows": len(ordered)}
+
+
 class StreamServer:
     def __init__(self, cfg: Config, hub: Hub, feed: EventFeed, tokens: StreamTokens) -> None:
         self.cfg = cfg
@@ -93,7 +102,8 @@ class StreamServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "subscribers": self.hub.count, "cursor": self.hub.cursor,
                                   "dispatched_events": self.hub.dispatched_events, "wakeups": self.feed.wakeups,
-                                  "missed_events": self.hub.missed_total()},
+                                  "missed_events": self.hub.missed_total(),
+                                  "lag_ms": _percentiles(self.feed.lag_ms)},
                                  dumps=lambda o: orjson.dumps(o).decode())
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
