@@ -32,6 +32,8 @@ class Subscriber:
     missed_total: int = 0
     delivered: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    beat: bool = False  # a heartbeat is due
+    idle: bool = True  # nothing was queued since the last heartbeat round
 
     @property
     def key(self) -> Filter:
@@ -50,6 +52,7 @@ class Subscriber:
             self.missed = 0
         self.chunks.append((chunk, n))
         self.queued += n
+        self.idle = False
         self.wake.set()
 
     def take(self) -> list[bytes]:
@@ -77,6 +80,9 @@ class Hub:
     @property
     def count(self) -> int:
         return sum(len(s) for s in self._groups.values())
+
+    def subscribers(self) -> list[Subscriber]:
+        return [sub for group in self._groups.values() for sub in group]
 
     def missed_total(self) -> int:
         """Events dropped for the open subscribers (each one is told with `event: missed`)."""
