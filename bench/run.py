@@ -16,6 +16,8 @@ What it does, in one run on one machine (see docs/benchmarks.md for the figures)
 4. Peak RSS per gunicorn worker during 1 and 2; 5. the CPU the load generator took.
 6. Eight concurrent largest bodies (344,000 readings each) at one worker: peak RSS with the
    MAX_READINGS_IN_FLIGHT bound and without it (bench/bigbodies.py).
+7. Live stream (bench/stream.py): commit-to-event latency p50/p99 with 100 and 500 SSE
+   subscribers, batched ingest readings/s with and without them.
 
 Each run uses a fresh database (bench_<time>_<pid>) that is dropped at the end. The
 PostgreSQL server comes from --admin-url, BENCH_DATABASE_URL, DATABASE_URL or
@@ -70,6 +72,7 @@ from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wr
 from .mqtt import mqtt_ingest
 from .mqtt import render as render_mqtt
 from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
+from .stream import render_stream, stream_phase, stream_targets
 
 DOC_PATH = ROOT / "docs" / "benchmarks.md"
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -366,6 +369,8 @@ class Bench:
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
             r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, self.plan.q_devices, self.log)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
+            r["stream"] = self.phase("stream: commit-to-event latency, cost to ingest", stream_phase, self.url,
+                                     self.workdir / "stream", self.plan.quick, self.log)
             r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
                                          self.workdir / "big", self.plan.quick)
             r["mqtt"] = self.phase("MQTT ingest", mqtt_ingest, self.url, self.workdir / "mqtt", self.plan.quick,
@@ -567,6 +572,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
          _ratio(best_batch, b["copy"]["readings_per_s"]) >= 0.5),
         ("last-100 query p99 < 50 ms", f"{q['last100']['p99_ms']:.1f} ms", q["last100"]["p99_ms"] < 50),
         ("24 h / 1 min aggregate p99 < 50 ms", f"{q['agg24h']['p99_ms']:.1f} ms", q["agg24h"]["p99_ms"] < 50),
+        *(stream_targets(r) if "stream" in r else []),
     ]
 
 
@@ -706,6 +712,8 @@ def render(r: dict[str, Any]) -> str:
         lines += render_line_protocol(r["line_protocol"])
     if "mqtt" in r:
         lines += render_mqtt(r["mqtt"])
+    if "stream" in r:
+        lines += render_stream(r)
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

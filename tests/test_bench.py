@@ -61,5 +61,14 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
         assert mq["stored_readings"] == mq["readings"] and mq["readings_per_s"] > 0, mq
 
     assert len(r["targets"]) == 7
+    assert len(r["targets"]) == 9  # 7 + the stream's latency and ingest-cost targets
+
+    stream = r["stream"]
+    assert stream["baseline_readings_per_s"] > 0
+    for w in stream["with"].values():
+        assert w["ok"] == w["requests"] > 0, w
+        # every probe reached every subscriber, and each one's latency was measured
+        assert w["probe_events"] == w["expected_probe_events"] > 0, w
+        assert w["p99_ms"] > 0 and w["missed"] == 0, w
     text = out.read_text()
     assert "| Measurement |" in text and "Machine and settings" in text

@@ -34,6 +34,7 @@ async def serve(cfg: Config) -> None:
     bridge = SocketIOBridge(cfg, hub, tokens)
     bridge.sio.attach(app)
     await feed.start()
+    beats = asyncio.create_task(server.heartbeats())
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.stream_host, cfg.stream_port, backlog=2048, reuse_address=True)
@@ -45,6 +46,7 @@ async def serve(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    beats.cancel()
     await runner.cleanup()
     await feed.close()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import orjson
@@ -48,6 +50,8 @@ class EventFeed:
         self._tasks: list[asyncio.Task[None]] = []
         self.wakeups = 0
         self.reads = 0
+        self._created: dict[int, float] = {}
+        self.lag_ms: deque[float] = deque(maxlen=1000)  # commit-to-dispatch of the last rows
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -94,14 +98,21 @@ class EventFeed:
             for row_id, readings in rows:
                 events.extend(events_of_row(row_id, readings))
             self.hub.dispatch(rows[-1][0], events)
+            # How far behind the commits this process runs (a row's time is taken inside its commit).
+            now = time.time()
+            self.lag_ms.extend((now - created) * 1000 for created in self._created.values())
+            self._created.clear()
             if len(rows) < PAGE_ROWS:
                 return
 
     async def _rows_after(self, after: int, upto: int | None, limit: int) -> list[tuple[int, list[list[object]]]]:
         async with self.pool.connection() as conn:
             if upto is None:
-                cur = await conn.execute("SELECT id, readings FROM stream_events WHERE id > %s ORDER BY id LIMIT %s",
-                                         (after, limit))
+                cur = await conn.execute("SELECT id, readings, extract(epoch FROM created_at)::float8"
+                                         " FROM stream_events WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
+                got = await cur.fetchall()
+                self._created.update((int(r[0]), float(r[2])) for r in got)
+                return [(int(r[0]), r[1]) for r in got]
             else:
                 cur = await conn.execute("SELECT id, readings FROM stream_events WHERE id > %s AND id <= %s"
                                          " ORDER BY id LIMIT %s", (after, upto, limit))

@@ -8,7 +8,6 @@ grow in commit order (the row ids do, see migrations/0040_stream_events.sql), so
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import orjson
 
@@ -20,17 +19,29 @@ ROW_SPAN = 1_000_000
 HEARTBEAT = b": heartbeat\n\n"
 
 
-@dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One committed reading, with its frame encoded once for every subscriber."""
+    """One committed reading; its frame is encoded on first use, once for every subscriber
+    (most readings of a busy fleet match no open stream and are never encoded)."""
 
-    event_id: int
-    device_id: str
-    metric: str
-    ts: str
-    value: float | None
-    text: str | None
-    frame: bytes
+    __slots__ = ("event_id", "device_id", "metric", "ts", "value", "text", "_frame")
+
+    def __init__(self, event_id: int, device_id: str, metric: str, ts: str, value: float | None,
+                 text: str | None) -> None:
+        self.event_id = event_id
+        self.device_id = device_id
+        self.metric = metric
+        self.ts = ts
+        self.value = value
+        self.text = text
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            data = orjson.dumps({"device_id": self.device_id, "metric": self.metric, "ts": self.ts,
+                                 "value": self.value, "text": self.text})
+            self._frame = b"id: %d\nevent: reading\ndata: %s\n\n" % (self.event_id, data)
+        return self._frame
 
 
 def event_id(row_id: int, index: int) -> int:
@@ -44,15 +55,9 @@ def split_event_id(eid: int) -> tuple[int, int]:
 
 def events_of_row(row_id: int, readings: list[list[object]]) -> list[StreamEvent]:
     """The events of one stream_events row: readings are [device_id, metric, ts, value, text]."""
-    out = []
-    for i, (device, metric, ts, value, text) in enumerate(readings):
-        eid = event_id(row_id, i)
-        data = orjson.dumps({"device_id": device, "metric": metric, "ts": ts, "value": value, "text": text})
-        out.append(StreamEvent(eid, str(device), str(metric), str(ts),
-                               None if value is None else float(value),  # type: ignore[arg-type]
-                               None if text is None else str(text),
-                               b"id: %d\nevent: reading\ndata: %s\n\n" % (eid, data)))
-    return out
+    base = row_id * ROW_SPAN
+    return [StreamEvent(base + i, device, metric, ts, value, text)  # type: ignore[arg-type]
+            for i, (device, metric, ts, value, text) in enumerate(readings)]
 
 
 def missed_frame(missed: int | None, **extra: object) -> bytes:

@@ -32,13 +32,17 @@ class Subscriber:
     missed_total: int = 0
     delivered: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    beat: bool = False  # a heartbeat is due
+    idle: bool = True  # nothing was queued since the last heartbeat round
 
     @property
     def key(self) -> Filter:
         return (self.devices, self.metrics)
 
     def offer(self, chunk: bytes, n: int) -> None:
-        if self.queued + n > self.limit:
+        # An empty queue takes any chunk (one commit's matches), so the bound is the limit
+        # plus at most one commit, and a commit larger than the limit still gets through.
+        if self.queued and self.queued + n > self.limit:
             self.missed += n
             self.missed_total += n
             self.wake.set()
@@ -48,6 +52,7 @@ class Subscriber:
             self.missed = 0
         self.chunks.append((chunk, n))
         self.queued += n
+        self.idle = False
         self.wake.set()
 
     def take(self) -> list[bytes]:
@@ -68,6 +73,7 @@ class Hub:
         self.queue_events = queue_events
         self.cursor = 0  # the last stream_events row id dispatched
         self._groups: dict[Filter, set[Subscriber]] = defaultdict(set)
+        self._by_device: dict[str, set[Filter]] = defaultdict(set)  # device -> filters naming it
         self._listeners: list[Listener] = []
         self.dispatched_events = 0
 
@@ -75,53 +81,76 @@ class Hub:
     def count(self) -> int:
         return sum(len(s) for s in self._groups.values())
 
+    def subscribers(self) -> list[Subscriber]:
+        return [sub for group in self._groups.values() for sub in group]
+
     def missed_total(self) -> int:
         """Events dropped for the open subscribers (each one is told with `event: missed`)."""
         return sum(sub.missed_total for group in self._groups.values() for sub in group)
 
     def subscribe(self, devices: frozenset[str] | None, metrics: frozenset[str] | None) -> Subscriber:
         sub = Subscriber(devices, metrics, self.queue_events)
-        self._groups[sub.key].add(sub)
+        group = self._groups[sub.key]
+        if not group and devices is not None:
+            for d in devices:
+                self._by_device[d].add(sub.key)
+        group.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         group = self._groups.get(sub.key)
-        if group is not None:
-            group.discard(sub)
-            if not group:
-                del self._groups[sub.key]
+        if group is None:
+            return
+        group.discard(sub)
+        if not group:
+            del self._groups[sub.key]
+            for d in sub.devices or ():
+                keys = self._by_device[d]
+                keys.discard(sub.key)
+                if not keys:
+                    del self._by_device[d]
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def dispatch(self, last_row_id: int, events: list[StreamEvent]) -> None:
-        """Offer `events` (rows up to `last_row_id`, in id order) to every matching subscriber."""
+        """Offer `events` (rows up to `last_row_id`, in id order) to every matching subscriber.
+
+        One pass over the events, looking up the filters that name each one's device: the
+        cost follows the matches, not events x subscribers (500 dashboards of one device each
+        cost about what one does). Each filter's chunk is encoded once for all its subscribers.
+        """
         self.cursor = max(self.cursor, last_row_id)
         if not events:
             return
         self.dispatched_events += len(events)
-        by_device: dict[str, list[StreamEvent]] | None = None
+        selected: dict[Filter, list[StreamEvent]] = {}
+        by_device = self._by_device
+        if by_device:
+            for e in events:
+                keys = by_device.get(e.device_id)
+                if keys:
+                    for key in keys:
+                        if key[1] is None or e.metric in key[1]:
+                            selected.setdefault(key, []).append(e)
         everything: bytes | None = None
-        for (devices, metrics), subs in list(self._groups.items()):
-            if devices is None:
-                sel = events if metrics is None else [e for e in events if e.metric in metrics]
-                if sel is events:
-                    everything = everything or b"".join(e.frame for e in events)
-                    chunk = everything
-                else:
-                    chunk = b"".join(e.frame for e in sel)
-            else:
-                if by_device is None:  # an index once per batch: filters name a few devices
-                    by_device = defaultdict(list)
-                    for e in events:
-                        by_device[e.device_id].append(e)
-                sel = [e for d in devices for e in by_device.get(d, ())
-                       if metrics is None or e.metric in metrics]
-                if len(devices) > 1:
-                    sel.sort(key=lambda e: e.event_id)
+        for key, subs in list(self._groups.items()):
+            devices, metrics = key
+            if devices is not None:
+                sel = selected.get(key)
+                if not sel:
+                    continue
                 chunk = b"".join(e.frame for e in sel)
-            if sel:
-                for sub in subs:
-                    sub.offer(chunk, len(sel))
+            elif metrics is None:
+                sel = events
+                everything = everything or b"".join(e.frame for e in events)
+                chunk = everything
+            else:
+                sel = [e for e in events if e.metric in metrics]
+                if not sel:
+                    continue
+                chunk = b"".join(e.frame for e in sel)
+            for sub in subs:
+                sub.offer(chunk, len(sel))
         for listener in self._listeners:
             listener(events)

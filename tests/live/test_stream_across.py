@@ -36,6 +36,9 @@ def test_readings_from_both_workers_reach_one_subscriber(server) -> None:
         assert [e.id for e in sub.readings()] == sorted(e.id for e in sub.readings())
         assert {e.data["device_id"] for e in sub.readings()} == {"across-1"}
         assert {e.data["metric"] for e in sub.readings()} == {"seq"}
+        # Heartbeats (STREAM_HEARTBEAT_S=1 here): comment lines keep idle streams and proxies alive.
+        seen = sub.comments
+        wait_for(lambda: sub.comments >= seen + 2, timeout=30)
     finally:
         sub.close()
 

@@ -68,7 +68,12 @@ def test_stalled_subscriber_is_told_what_it_missed_and_delays_no_one(make_server
             assert r.status_code == 200 and r.json()["durability"] == "committed", r.text[:300]
         total = TOTAL_REQUESTS * PER_REQUEST
         # The healthy subscriber got every reading while the stalled one sat on a full queue.
-        wait_for(lambda: len(healthy.readings()) >= total, timeout=120)
+        try:
+            wait_for(lambda: len(healthy.readings()) >= total, timeout=120)
+        except AssertionError:
+            raise AssertionError(f"healthy got {len(healthy.readings())} of {total}, closed={healthy.closed}"
+                                 f" {healthy.error}; stream: {requests.get(stream_health, timeout=10).json()}"
+                                 f"\n{server.log_tail()}") from None
         assert len(healthy.readings()) == total
         assert not [e for e in healthy.events if e.event == "missed"]
         dropped = requests.get(stream_health, timeout=10).json()["missed_events"]

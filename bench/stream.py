@@ -1,0 +1,258 @@
+"""The stream phase of `make bench`: commit-to-event latency and what streaming costs ingest.
+
+One service (gunicorn.conf.py, its stream process on a free STREAM_PORT). Runs, in order:
+no subscriber, each subscriber count of the plan, no subscriber again (the baseline is the
+mean of the two, so drift on this shared machine falls on both sides). In every run the
+same batched ingest (JSON bodies of 1,000 readings spread over 500 devices, keep-alive
+clients) goes on while a probe posts one reading every 50 ms to device `probe`.
+
+Subscribers live in one other process (bench/stream_clients.py); subscriber i watches
+device sd<i> and `probe`: one dashboard per device, as an operator's screens would be, so
+each load reading reaches one subscriber and each probe reaches all of them.
+
+Latency: for each probe event at each subscriber, arrival time minus the stream row's
+created_at (clock_timestamp() in the trigger, inside the writer's transaction just before
+its COMMIT): commit-to-event plus the rest of the commit, an upper bound.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import psycopg
+import requests
+
+from backend.live.frames import ROW_SPAN
+
+from .load import percentile, post_all
+from .server import ROOT, Gunicorn, free_port
+
+DEVICES = 500
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    subscribers: tuple[int, ...]
+    readings: int
+    clients: int
+    per_request: int
+    probe_interval_s: float = 0.05
+
+    @classmethod
+    def make(cls, quick: bool) -> StreamPlan:
+        if quick:
+            return cls((20,), 20_000, 4, 1000)
+        return cls((100, 500), 300_000, 16, 1000)
+
+
+class Probe:
+    """One reading to device `probe` every interval, on one keep-alive connection."""
+
+    def __init__(self, url: str, key: str, interval: float, base_ts: float) -> None:
+        self.url, self.key, self.interval, self.base_ts = url, key, interval, base_ts
+        self.sent = 0
+        self.failed = 0
+        self.times: dict[int, tuple[float, float]] = {}  # probe number -> (sent, acknowledged)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        host = self.url.split("//")[1]
+        conn = http.client.HTTPConnection(host, timeout=30)
+        while not self._stop.wait(self.interval):
+            body = f"device_id:probe,ts:{self.base_ts + self.sent * 0.001:.3f},p:{self.sent}"
+            try:
+                t_send = time.time()
+                conn.request("POST", "/telemetry/parse", body=body,
+                             headers={"X-API-Key": self.key, "Content-Type": "text/plain"})
+                resp = conn.getresponse()
+                resp.read()
+                self.times[self.sent] = (t_send, time.time())
+                self.sent += 1
+                if resp.status != 200:
+                    self.failed += 1
+            except (OSError, http.client.HTTPException):
+                self.failed += 1
+                conn.close()
+                conn = http.client.HTTPConnection(host, timeout=30)
+        conn.close()
+
+
+def _work(srv: Gunicorn, plan: StreamPlan, base: float) -> list[list[tuple[dict[str, str], bytes]]]:
+    headers = {**srv.headers(), "Content-Type": "application/json"}
+    per_msg = 4
+    msgs_per_req = plan.per_request // per_msg
+    n_req = plan.readings // plan.per_request
+    work: list[list[tuple[dict[str, str], bytes]]] = [[] for _ in range(plan.clients)]
+    seq = 0
+    for r in range(n_req):
+        msgs = []
+        for _ in range(msgs_per_req):
+            seq += 1
+            msgs.append({"device_id": f"sd{seq % DEVICES}", "ts": round(base + seq * 0.001, 3),
+                         "a": seq % 100 / 10, "b": seq % 37 / 3, "c": seq % 11, "d": seq % 7 / 7})
+        work[r % plan.clients].append((headers, orjson.dumps(msgs)))
+    return work
+
+
+def _cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def _stream_process(srv: Gunicorn) -> psutil.Process | None:
+    try:
+        for child in psutil.Process(srv.proc.pid).children():  # type: ignore[union-attr]
+            if "backend.live" in " ".join(child.cmdline()):
+                return child
+    except psutil.Error:
+        return None
+    return None
+
+
+def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: str, stream_url: str,
+            base: float, log: Callable[[str], None]) -> dict[str, Any]:
+    clients = None
+    if n:
+        clients = subprocess.Popen([sys.executable, "-m", "bench.stream_clients", "--url", stream_url,
+                                    "--token", token, "--n", str(n)], cwd=ROOT, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        hello = orjson.loads(clients.stdout.readline())  # type: ignore[union-attr]
+        if hello["ready"] != n:
+            raise RuntimeError(f"only {hello['ready']} of {n} subscribers connected: {hello['errors']}")
+    streamer = _stream_process(srv)
+    client_proc = psutil.Process(clients.pid) if clients else None
+    cpu0 = (_cpu(streamer), _cpu(client_proc))
+    work = _work(srv, plan, base)
+    with Probe(srv.url, srv.api_key, plan.probe_interval_s, base - 600) as probe:
+        t0 = time.perf_counter()
+        run = post_all(srv.url, "/telemetry/parse", work)
+        seconds = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "subscribers": n, "readings": plan.readings, "ok": run.ok, "requests": run.requests,
+        "errors": run.errors[:3], "seconds": round(seconds, 3),
+        "readings_per_s": plan.readings * run.ok / max(run.requests, 1) / seconds,
+        "ack_p99_ms": percentile(run.latencies_ms, 99), "probes_sent": probe.sent, "probes_failed": probe.failed,
+    }
+    if clients is not None:
+        time.sleep(1.0)  # the last probes' events are on their way (latency is measured, not this)
+        out["server_lag_ms"] = requests.get(stream_url + "/health", timeout=10).json()["lag_ms"]
+        out["stream_cpu_s"] = round(_cpu(streamer) - cpu0[0], 2)
+        out["clients_cpu_s"] = round(_cpu(client_proc) - cpu0[1], 2)
+        got, _ = clients.communicate("stop\n", timeout=120)
+        res = orjson.loads(got.strip().splitlines()[-1])
+        rows = sorted({eid // ROW_SPAN for eid, _, _ in res["probes"]})
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            made = dict(conn.execute("SELECT id, extract(epoch FROM created_at)::float8 FROM stream_events"
+                                     " WHERE id = ANY(%s)", (rows,)).fetchall())
+        # Upper bound: from the stream row's time (inside the commit, before COMMIT) to arrival.
+        lat = [(arrived - made[eid // ROW_SPAN]) * 1000 for eid, _, arrived in res["probes"]
+               if eid // ROW_SPAN in made]
+        # Lower bound: from the probe's acknowledgement (after its commit) to arrival; < 0 when
+        # the event came before the answer.
+        ack = [(arrived - probe.times[k][1]) * 1000 for _, k, arrived in res["probes"] if k in probe.times]
+        send = [(arrived - probe.times[k][0]) * 1000 for _, k, arrived in res["probes"] if k in probe.times]
+        out.update({
+            "probe_events": len(res["probes"]), "expected_probe_events": probe.sent * n,
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat, default=float("nan")),
+            "ack_to_event_p50_ms": percentile(ack, 50), "ack_to_event_p99_ms": percentile(ack, 99),
+            "send_to_event_p50_ms": percentile(send, 50), "send_to_event_p99_ms": percentile(send, 99),
+            "load_events": res["readings"] - len(res["probes"]), "missed": res["missed"],
+            "client_errors": res["errors"],
+        })
+        log(f"stream {n} subscribers: commit-to-event p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms"
+            f" (ack-to-event p50 {out['ack_to_event_p50_ms']:.1f} p99 {out['ack_to_event_p99_ms']:.1f},"
+            f" send-to-event p50 {out['send_to_event_p50_ms']:.1f} p99 {out['send_to_event_p99_ms']:.1f};"
+            f" in the stream process, commit-to-dispatch {out['server_lag_ms']})"
+            f" ({len(lat)} probe events of {probe.sent * n}); ingest {out['readings_per_s']:,.0f} readings/s;"
+            f" missed {res['missed']}; stream CPU {out['stream_cpu_s']} s, clients CPU {out['clients_cpu_s']} s")
+    else:
+        log(f"stream 0 subscribers: ingest {out['readings_per_s']:,.0f} readings/s")
+    return out
+
+
+def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    plan = StreamPlan.make(quick)
+    port = free_port()
+    srv = Gunicorn(database_url, workdir, env={"STREAM_ENABLED": "1", "STREAM_PORT": str(port),
+                                               "STREAM_MAX_SUBSCRIBERS": "5000"})
+    srv.start()
+    try:
+        health = f"http://127.0.0.1:{port}/api/stream/health"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(health, timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the stream process did not answer")
+            time.sleep(0.2)
+        tok = requests.post(srv.url + "/api/stream/token", headers=srv.headers(), timeout=10).json()
+        order = (0, *plan.subscribers, 0)
+        runs = []
+        for i, n in enumerate(order):
+            base = time.time() - (10 + i) * 3600  # each run its own hour: nothing is a duplicate
+            runs.append(one_run(srv, database_url, plan, n, tok["token"], tok["stream_url"], base, log))
+    finally:
+        srv.stop()
+    baseline = (runs[0]["readings_per_s"] + runs[-1]["readings_per_s"]) / 2
+    by_n = {str(r["subscribers"]): r for r in runs[1:-1]}
+    for r in by_n.values():
+        r["ingest_loss"] = 1 - r["readings_per_s"] / baseline if baseline else float("nan")
+    return {"plan": asdict(plan), "baseline_readings_per_s": baseline,
+            "baseline_runs": [runs[0]["readings_per_s"], runs[-1]["readings_per_s"]], "with": by_n}
+
+
+def stream_targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    s = r["stream"]
+    top = s["with"][str(max(int(k) for k in s["with"]))]
+    n = top["subscribers"]
+    return [
+        (f"stream commit-to-event p99 < 250 ms at {n} subscribers", f"{top['p99_ms']:.0f} ms", top["p99_ms"] < 250),
+        (f"batched ingest loses < 15% with {n} subscribers", f"{top['ingest_loss']:.1%}", top["ingest_loss"] < 0.15),
+    ]
+
+
+def render_stream(r: dict[str, Any]) -> list[str]:
+    s = r["stream"]
+    lines = ["", "### Live stream (bench/stream.py)", "",
+             f"Batched ingest ({s['plan']['readings']:,} readings per run, {s['plan']['clients']} clients, JSON bodies"
+             f" of {s['plan']['per_request']:,} readings over {DEVICES} devices) with SSE subscribers held open,"
+             " each watching one device and the probe device; a probe reading every"
+             f" {s['plan']['probe_interval_s'] * 1000:.0f} ms.",
+             "",
+             "| Subscribers | Ingest readings/s | vs no subscriber | Commit-to-event p50 | p99 | max |"
+             " Probe events received | Missed | Stream process CPU s | Subscriber clients CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| 0 (mean of before and after) | {s['baseline_readings_per_s']:,.0f} | 100% | | | | | | | |"]
+    for k, w in s["with"].items():
+        lines.append(f"| {k} | {w['readings_per_s']:,.0f} | {1 - w['ingest_loss']:.0%} | {w['p50_ms']:.1f} ms |"
+                     f" {w['p99_ms']:.1f} ms | {w['max_ms']:.0f} ms | {w['probe_events']:,} of"
+                     f" {w['expected_probe_events']:,} | {w['missed']} | {w['stream_cpu_s']} | {w['clients_cpu_s']} |")
+    lines += ["", "The subscriber clients run on the same 2 cores: their CPU is part of the measured cost."]
+    return lines
