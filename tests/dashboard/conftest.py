@@ -65,7 +65,7 @@ def _close_tabs(make_live_server) -> Iterator[None]:  # torn down before the ser
 
 
 def new_context(browser: Browser) -> BrowserContext:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, timezone_id="UTC")
     _open_contexts.append(context)
     return context
 
