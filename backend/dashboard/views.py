@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, render_template, request, send_file, send_from_directory
 
+from backend.api.params import accepts
 from backend.api.responses import error_response
 from backend.fleet.auth import PUBLIC, requires
 from backend.services import services
@@ -51,7 +52,8 @@ def plotly_bundle() -> Path | None:
 
 @bp.get("/")
 @requires(PUBLIC)
-def index() -> Response:
+@accepts()
+def index(_p: dict[str, object]) -> Response:
     resp = Response(render_template("dashboard.html"), mimetype="text/html")
     resp.headers.update(SECURITY_HEADERS)
     resp.headers["Content-Security-Policy"] = CSP.format(stream=stream_origin())
@@ -59,17 +61,26 @@ def index() -> Response:
     return resp
 
 
-@bp.get("/dashboard/static/<path:name>")
 @requires(PUBLIC)
-def static(name: str) -> Response:
+@accepts()
+def static(_p: dict[str, object], name: str) -> Response:
     resp = send_from_directory(STATIC, name, max_age=60)
     resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp
 
 
+# One route per file (a fixed list, no <path:...>): nothing else under static/ is served, and
+# every route is a plain URL that the route-walking API tests can call.
+FILES = ("app.js", "api.js", "chart.js", "live.js", "views.js", "dashboard.css")
+for _name in FILES:
+    bp.add_url_rule(f"/dashboard/static/{_name}", endpoint="static_" + _name.replace(".", "_"), view_func=static,
+                    methods=["GET"], defaults={"name": _name})
+
+
 @bp.get("/dashboard/vendor/plotly.min.js")
 @requires(PUBLIC)
-def plotly_js() -> Response:
+@accepts()
+def plotly_js(_p: dict[str, object]) -> Response:
     path = plotly_bundle()
     if path is None:
         return error_response(503, "the plotly package is not installed (pip install -r requirements.txt)")

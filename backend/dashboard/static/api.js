@@ -39,6 +39,17 @@ export async function api(path, { method = "GET", params, body } = {}) {
   return data;
 }
 
+// A text answer (Prometheus' /metrics); null when the service has no such route (404).
+export async function apiText(path) {
+  const headers = {};
+  const key = getKey();
+  if (key) headers["X-API-Key"] = key;
+  const resp = await fetch(buildUrl(path), { headers, cache: "no-store", credentials: "same-origin" });
+  if (resp.status === 404) return null;
+  if (!resp.ok) throw new ApiError(resp.status, resp.statusText, null);
+  return resp.text();
+}
+
 // Microseconds since the epoch of an ISO time with up to 6 decimals ("…:47.263153Z"), so that
 // two readings a few µs apart still compare correctly (Date keeps milliseconds only).
 export function tsMicros(iso) {

@@ -1,6 +1,6 @@
 // The fleet overview, the alert list and the ingest-health view. Each view is an object with
 // start() and stop(); the router (app.js) starts one at a time.
-import { api, ApiError, ago, el, fmtValue } from "./api.js";
+import { api, ApiError, apiText, ago, el, fmtValue } from "./api.js";
 import { LiveFeed } from "./live.js";
 
 const REFRESH_MS = 2000;
@@ -110,6 +110,30 @@ export class AlertsView {
   }
 }
 
+// The sum of a Prometheus counter or gauge over all its label sets (null: not in the text).
+export function sumMetric(text, name) {
+  let total = null;
+  for (const line of text.split("\n")) {
+    if (!line || line[0] === "#") continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{.*\})?\s+(\S+)/.exec(line);
+    if (m && m[1] === name && Number.isFinite(Number(m[2]))) total = (total ?? 0) + Number(m[2]);
+  }
+  return total;
+}
+
+// Readings/s and rejections come from /metrics (all workers, prometheus-client multiprocess)
+// when the service has it: accepted readings by format and transport, and readings rejected
+// within accepted requests plus requests refused whole.
+async function metricsFigures() {
+  const text = await apiText("/metrics");
+  if (text === null) return null;
+  return {
+    accepted: sumMetric(text, "telemetry_readings_accepted_total"),
+    rejected: sumMetric(text, "telemetry_readings_rejected_total"),
+    refusedRequests: sumMetric(text, "telemetry_ingest_requests_refused_total"),
+  };
+}
+
 // The ingest figures. /telemetry/batch/status answers for the whole service once it says so
 // (a `workers` field); before that each answer is one worker's, so the page keeps the newest
 // answer of every worker it has seen and adds them up.
@@ -117,7 +141,12 @@ const COUNTERS = ["written_total", "refused_total", "failed_total", "quarantined
   "duplicates_total", "pending_records"];
 
 export class HealthView {
-  start() { this.perWorker = new Map(); this.prev = null; this.stopRefresh = every(REFRESH_MS, () => this.refresh()); }
+  start() {
+    this.perWorker = new Map();
+    this.prev = null;
+    this.hasMetrics = null; // learnt from the first /metrics answer
+    this.stopRefresh = every(REFRESH_MS, () => this.refresh());
+  }
 
   stop() { this.stopRefresh(); }
 
@@ -137,22 +166,28 @@ export class HealthView {
   }
 
   async refresh() {
-    const [status, health] = await Promise.all([
+    const [status, health, metrics] = await Promise.all([
       api("/telemetry/batch/status"),
       api("/health", { params: { details: 1 } }).catch((exc) => exc.body || { status: "unreachable" }),
+      this.hasMetrics === false ? null : metricsFigures().catch(() => null),
     ]);
+    if (this.hasMetrics === null) this.hasMetrics = metrics !== null;
     const { sums, scope } = this.totals(status);
+    const counted = metrics && metrics.accepted !== null ? metrics.accepted : sums.written_total;
     const now = performance.now();
     if (this.prev) {
       const dt = (now - this.prev.t) / 1000;
-      const rate = Math.max(0, sums.written_total - this.prev.written) / dt;
+      const rate = Math.max(0, counted - this.prev.counted) / dt;
       document.getElementById("h-rate").textContent = rate.toFixed(1);
     }
-    this.prev = { t: now, written: sums.written_total };
+    this.prev = { t: now, counted };
     const set = (id, text) => { document.getElementById(id).textContent = text; };
     set("h-written", sums.written_total);
-    set("h-rejected", status.rejected_total !== undefined ? sums.rejected_total
-      : `${sums.refused_total + sums.failed_total} refused · ${sums.quarantined_total} quarantined`);
+    if (metrics && metrics.rejected !== null) {
+      set("h-rejected", `${metrics.rejected} readings · ${metrics.refusedRequests ?? 0} requests`);
+    } else {
+      set("h-rejected", `${sums.refused_total + sums.failed_total} refused · ${sums.quarantined_total} quarantined`);
+    }
     set("h-buffer", `${sums.pending_records} / ${status.max_pending}`);
     const spool = status.spool || {};
     set("h-spool", spool.enabled === false ? "off" : `${spool.depth_bytes ?? 0} B`);
@@ -160,7 +195,8 @@ export class HealthView {
     const c = document.getElementById("h-circuit");
     c.textContent = circuit;
     c.className = `value circuit-${circuit}`;
-    set("h-scope", `Figures of ${scope}.`);
+    set("h-scope", `Figures of ${scope}.` + (metrics && metrics.accepted !== null
+      ? " Readings/s and rejections: /metrics, all workers." : " Readings/s: the change of written_total."));
     const hs = document.getElementById("h-status");
     hs.textContent = health.status;
     hs.className = `status ${health.status}`;
