@@ -1,4 +1,4 @@
-"""/telemetry/aggregate's answer: parameters -> AggregateRequest -> JSON body."""
+"""/telemetry/aggregate's answer (parameters -> AggregateRequest -> JSON body); downsampled raw reads."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from backend.analytics import cursor
 from backend.analytics.buckets import BucketSpec, zone
+from backend.analytics.lttb import lttb_indices
 from backend.analytics.series import shape
 from backend.api.responses import now_iso
 from backend.store.aggregates import AggregateRequest, fetch_aggregate
-from backend.store.queries import QueryError, iso, shift
+from backend.store.queries import QueryError, ReadingQuery, fetch_numeric, fetch_page, iso, shift, value_of
 
 # Gap filling lists every bucket of every series: bounded so one request cannot ask for
 # millions of made-up points.
@@ -65,3 +67,55 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
         "segments": [{"source": s.source, "start": iso(s.start), "end": iso(s.end)} for s in result.plan.segments],
         "data": data, "count": len(data), "timestamp": now_iso(),
     }
+
+
+# Downsampling reads every raw reading of the range: bounded, past that /telemetry/aggregate
+# (with downsample) is the way, as it reads rollups.
+MAX_DOWNSAMPLE_ROWS = 500_000
+
+
+def downsampled_readings(pool: ConnectionPool, q: ReadingQuery, n: int) -> list[dict[str, Any]]:
+    """At most n readings per (device, metric) keeping the shape (LTTB), by series then time."""
+    rows = fetch_numeric(pool, q, MAX_DOWNSAMPLE_ROWS)
+    if len(rows) > MAX_DOWNSAMPLE_ROWS:
+        raise QueryError(f"downsample: the range holds more than {MAX_DOWNSAMPLE_ROWS} readings; narrow"
+                         " start..end, or use /telemetry/aggregate with downsample (it reads the rollups)")
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and rows[j][:2] == rows[i][:2]:
+            j += 1
+        series = rows[i:j]
+        xs = [r[2].timestamp() for r in series]
+        ys = [r[3] for r in series]
+        for k in lttb_indices(xs, ys, n):
+            d, m, t, v, rec = series[k]
+            out.append({"device_id": d, "metric": m, "ts": iso(t), "value": value_of(v, None), "created_at": iso(rec)})
+        i = j
+    return out
+
+
+def check_downsample(p: dict[str, Any]) -> None:
+    for name in ("next", "offset"):
+        if p[name]:
+            raise QueryError(f"{name}: not with downsample (a downsampled read is one answer for the whole range)")
+    if p["format"] != "narrow":
+        raise QueryError("downsample: only with format=narrow")
+
+
+def _fingerprint(p: dict[str, Any], q: ReadingQuery) -> str:
+    """What a cursor belongs to: the filters and order as the client gave them."""
+    return cursor.fingerprint([sorted(q.device_ids), sorted(q.metrics), p["start"], p["end"], p["hours"],
+                               q.order_by, q.desc])
+
+
+def narrow_page(pool: ConnectionPool, q: ReadingQuery, p: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """A narrow page (after `next` when given) and the cursor of the page after it (None: last page)."""
+    fp = _fingerprint(p, q)
+    if p["next"]:
+        if q.offset:
+            raise QueryError("offset: not with next (the cursor is the position)")
+        q.after = cursor.decode(p["next"], fp, q.key_kinds())
+    data, last = fetch_page(pool, q)
+    return data, (cursor.encode(fp, last) if last is not None else None)
