@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from backend.store.migrations import MIGRATIONS_DIR, migrate
+from backend.store.migrations import migrate
 from backend.store.partitions import month_start
 
 from .load import get_sequential, percentile
@@ -71,12 +71,14 @@ def shape(quick: bool) -> dict[str, int]:
     return {"sparse_devices": 100, "sparse_days": 365, "dense_devices": 4, "dense_days": 4}
 
 
+# Bump when the generated data or what the rollups hold changes: the kept database is then
+# made again. Other new migrations are applied to the kept database (migrate() is a no-op
+# when it is up to date), so an index added later does not cost a reload.
+DATA_VERSION = 1
+
+
 def stamp(quick: bool) -> str:
-    h = hashlib.sha256()
-    for p in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        h.update(p.name.encode() + p.read_bytes())
-    h.update(orjson.dumps(shape(quick)))
-    return h.hexdigest()[:16]
+    return hashlib.sha256(orjson.dumps([DATA_VERSION, shape(quick)])).hexdigest()[:16]
 
 
 def _dbname_url(url: str, name: str) -> str:
@@ -95,7 +97,8 @@ def dataset(bench: Bench) -> tuple[str, dict[str, Any]]:
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SELECT stamp, info FROM bench_analytics_meta").fetchone()
         if row and row[0] == want:
-            bench.log(f"analytics: reusing database {name} (stamp {want})")
+            applied = migrate(url)
+            bench.log(f"analytics: reusing database {name} (stamp {want}; migrations applied now: {applied})")
             return url, {**row[1], "reused": True}
     except psycopg.Error:
         pass
@@ -206,7 +209,7 @@ def upkeep(bench: Bench, srv: Gunicorn) -> dict[str, Any]:
                 bench.sql(f"ALTER TABLE telemetry_readings {'ENABLE' if kind == 'with_rollups' else 'DISABLE'}"
                           f" TRIGGER {TRIGGER}")
                 msgs = bench.batch_messages(time.time() - (10 + rnd * 2 + (kind == "with_rollups")) * 3600)
-                bench.tag = f"a{rnd}{kind[:2]}"
+                bench.tag = f"a{rnd}{kind[:3]}"
                 runs[kind].append(bench.batched(srv, "json", msgs)["readings_per_s"])
     finally:
         bench.tag = ""
@@ -246,3 +249,41 @@ def render(r: dict[str, Any]) -> list[str]:
                   f" {u['without_rollups_per_s']:,} without: {u['loss']:.1%} loss (rounds {u['rounds']}; target"
                   " at most 10%).", ""]
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.analytics [--quick]`: this phase alone (a scratch database for the ingest A/B)."""
+    import argparse
+    import json
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .run import RESULTS_DIR, Bench, Plan, resolve_admin_url, scratch_database
+
+    ap = argparse.ArgumentParser(prog="python -m bench.analytics", description=main.__doc__)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    admin, handle = resolve_admin_url(None)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
+    with scratch_database(admin, f"bench_analytics_ab_{os.getpid()}") as url:
+        bench = Bench(Plan.make(args.quick), url, workdir)
+        srv = Gunicorn(url, workdir / "service")
+        try:
+            srv.start()
+            results = run(bench, srv)
+        finally:
+            srv.stop()
+    del handle
+    shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(render(results)))
+    out = RESULTS_DIR / f"analytics{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"[bench] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,21 +45,35 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
     req = AggregateRequest(metrics=metrics, devices=devices, start=start, end=end, spec=spec, agg=p["agg"],
                            fleet=fleet, allow_rollups=p["source"] == "auto")
     result = fetch_aggregate(pool, req, with_buckets=filling)
-    keys = ([(None, m) for m in metrics] if fleet else [(d, m) for d in devices for m in metrics])
-    rows = ((r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows)
-    data = []
-    for (device, metric), points in shape(rows, keys, result.buckets, p["fill"], p["downsample"]):
-        for pt in points:
-            row: dict[str, Any] = {"bucket": iso(pt.bucket)}
-            if tz != "UTC":
-                row["bucket_local"] = pt.bucket.astimezone(z).isoformat()
-            if not fleet:
-                row["device_id"] = device
-            if len(metrics) > 1:  # one metric: rows as before (bucket, device_id, value, count)
-                row["metric"] = metric
-            row.update(value=pt.value, count=pt.count)
-            data.append(row)
-    data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
+    one_metric = len(metrics) == 1
+    local = tz != "UTC"
+    labels: dict[datetime, tuple[str, str]] = {}  # few distinct buckets, many rows: format each once
+
+    def row(bucket: datetime, device: str | None, metric: str, value: float | None, count: int) -> dict[str, Any]:
+        label = labels.get(bucket)
+        if label is None:
+            label = labels[bucket] = (iso(bucket), bucket.astimezone(z).isoformat() if local else "")
+        out: dict[str, Any] = {"bucket": label[0]}
+        if local:
+            out["bucket_local"] = label[1]
+        if not fleet:
+            out["device_id"] = device
+        if not one_metric:  # one metric: rows as before (bucket, device_id, value, count)
+            out["metric"] = metric
+        out["value"] = value
+        out["count"] = count
+        return out
+
+    if not filling and p["downsample"] is None:
+        # Already in (bucket, device, metric) order from SQL: no series to build.
+        data = [row(r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows]
+    else:
+        keys = [(None, m) for m in metrics] if fleet else [(d, m) for d in devices for m in metrics]
+        rows = ((r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows)
+        data = [row(pt.bucket, device, metric, pt.value, pt.count)
+                for (device, metric), points in shape(rows, keys, result.buckets, p["fill"], p["downsample"])
+                for pt in points]
+        data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
     return {
         "success": True, "metric": metrics[0] if len(metrics) == 1 else metrics, "metrics": metrics,
         "bucket": spec.name, "agg": req.agg, "tz": tz, "fill": p["fill"], "group_by": p["group_by"],
