@@ -50,6 +50,7 @@ import psycopg
 from backend.store.migrations import migrate
 from backend.store.partitions import ensure_partitions
 
+from . import analytics
 from .bigbodies import big_bodies
 from .bigbodies import render as render_big_bodies
 from .dataset import (
@@ -357,6 +358,7 @@ class Bench:
             r["batched"] = {kind: _median_round(rs) for kind, rs in runs.items()}
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
+            r["analytics"] = self.phase("analytics: rollups vs raw, rollup upkeep", analytics.run, self, srv)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
                                          self.workdir / "big", self.plan.quick)
@@ -690,6 +692,8 @@ def render(r: dict[str, Any]) -> str:
                      f" {_stolen(x)} |")
     if "big_bodies" in r:
         lines += render_big_bodies(r["big_bodies"])
+    if "analytics" in r:
+        lines += analytics.render(r["analytics"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

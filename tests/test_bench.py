@@ -50,6 +50,12 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
         assert q["ok"] == q["samples"] > 0 and not q["errors"], q
         assert q["p99_ms"] > 0
 
+    a = r["analytics"]  # issue 14: rollup reads, their raw baselines, and the upkeep A/B
+    for name, q in a["queries"].items():
+        assert q["rollup"]["ok"] == q["rollup"]["samples"] > 0 and q["raw"]["ok"] == q["raw"]["samples"] > 0, name
+        assert q["rollup"]["sources"] != ["raw"] and q["raw"]["sources"] == ["raw"], (name, q)
+    assert a["upkeep"]["with_rollups_per_s"] > 0 and a["upkeep"]["without_rollups_per_s"] > 0
+
     assert len(r["targets"]) == 7
     text = out.read_text()
     assert "| Measurement |" in text and "Machine and settings" in text
