@@ -52,6 +52,7 @@ import psycopg
 from backend.store.migrations import migrate
 from backend.store.partitions import ensure_partitions
 
+from . import analytics
 from .bigbodies import big_bodies
 from .bigbodies import render as render_big_bodies
 from .dataset import (
@@ -368,6 +369,7 @@ class Bench:
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
             r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, self.plan.q_devices, self.log)
+            r["analytics"] = self.phase("analytics: rollups vs raw, rollup upkeep", analytics.run, self, srv)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["stream"] = self.phase("stream: commit-to-event latency, cost to ingest", stream_phase, self.url,
                                      self.workdir / "stream", self.plan.quick, self.log)
@@ -714,6 +716,8 @@ def render(r: dict[str, Any]) -> str:
         lines += render_mqtt(r["mqtt"])
     if "stream" in r:
         lines += render_stream(r)
+    if "analytics" in r:
+        lines += analytics.render(r["analytics"])
     g = m["gunicorn"]
     sc = m["service_config"]
     lines += [

@@ -59,6 +59,11 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
     mq = r["mqtt"]
     if "skipped" not in mq:  # no mosquitto binary: the phase says so instead of a figure
         assert mq["stored_readings"] == mq["readings"] and mq["readings_per_s"] > 0, mq
+    a = r["analytics"]  # issue 14: rollup reads, their raw baselines, and the upkeep A/B
+    for name, q in a["queries"].items():
+        assert q["rollup"]["ok"] == q["rollup"]["samples"] > 0 and q["raw"]["ok"] == q["raw"]["samples"] > 0, name
+        assert q["rollup"]["sources"] != ["raw"] and q["raw"]["sources"] == ["raw"], (name, q)
+    assert a["upkeep"]["with_rollups_per_s"] > 0 and a["upkeep"]["without_rollups_per_s"] > 0
 
     assert len(r["targets"]) == 7
     assert len(r["targets"]) == 9  # 7 + the stream's latency and ingest-cost targets

@@ -1,4 +1,4 @@
-"""/telemetry/aggregate's answer: parameters -> AggregateRequest -> JSON body."""
+"""/telemetry/aggregate's answer (parameters -> AggregateRequest -> JSON body); downsampled raw reads."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from backend.analytics import cursor
 from backend.analytics.buckets import BUCKET_NAMES, BucketSpec, zone
 from backend.analytics.fill import FILLS
+from backend.analytics.lttb import lttb_indices
 from backend.analytics.series import shape
 from backend.api.params import Param, choice, integer, text, text_list, timestamp
 from backend.api.responses import now_iso
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from backend.store.aggregates import AGGREGATES, AggregateRequest, fetch_aggregate
-from backend.store.queries import QueryError, iso, shift
+from backend.store.queries import QueryError, ReadingQuery, fetch_numeric, fetch_page, iso, shift, value_of
 
 # Gap filling lists every bucket of every series: bounded so one request cannot ask for
 # millions of made-up points.
@@ -61,21 +63,35 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
     req = AggregateRequest(metrics=metrics, devices=devices, start=start, end=end, spec=spec, agg=p["agg"],
                            fleet=fleet, allow_rollups=p["source"] == "auto")
     result = fetch_aggregate(pool, req, with_buckets=filling)
-    keys = ([(None, m) for m in metrics] if fleet else [(d, m) for d in devices for m in metrics])
-    rows = ((r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows)
-    data = []
-    for (device, metric), points in shape(rows, keys, result.buckets, p["fill"], p["downsample"]):
-        for pt in points:
-            row: dict[str, Any] = {"bucket": iso(pt.bucket)}
-            if tz != "UTC":
-                row["bucket_local"] = pt.bucket.astimezone(z).isoformat()
-            if not fleet:
-                row["device_id"] = device
-            if len(metrics) > 1:  # one metric: rows as before (bucket, device_id, value, count)
-                row["metric"] = metric
-            row.update(value=pt.value, count=pt.count)
-            data.append(row)
-    data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
+    one_metric = len(metrics) == 1
+    local = tz != "UTC"
+    labels: dict[datetime, tuple[str, str]] = {}  # few distinct buckets, many rows: format each once
+
+    def row(bucket: datetime, device: str | None, metric: str, value: float | None, count: int) -> dict[str, Any]:
+        label = labels.get(bucket)
+        if label is None:
+            label = labels[bucket] = (iso(bucket), bucket.astimezone(z).isoformat() if local else "")
+        out: dict[str, Any] = {"bucket": label[0]}
+        if local:
+            out["bucket_local"] = label[1]
+        if not fleet:
+            out["device_id"] = device
+        if not one_metric:  # one metric: rows as before (bucket, device_id, value, count)
+            out["metric"] = metric
+        out["value"] = value
+        out["count"] = count
+        return out
+
+    if not filling and p["downsample"] is None:
+        # Already in (bucket, device, metric) order from SQL: no series to build.
+        data = [row(r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows]
+    else:
+        keys = [(None, m) for m in metrics] if fleet else [(d, m) for d in devices for m in metrics]
+        rows = ((r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows)
+        data = [row(pt.bucket, device, metric, pt.value, pt.count)
+                for (device, metric), points in shape(rows, keys, result.buckets, p["fill"], p["downsample"])
+                for pt in points]
+        data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
     return {
         "success": True, "metric": metrics[0] if len(metrics) == 1 else metrics, "metrics": metrics,
         "bucket": spec.name, "agg": req.agg, "tz": tz, "fill": p["fill"], "group_by": p["group_by"],
@@ -83,3 +99,55 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
         "segments": [{"source": s.source, "start": iso(s.start), "end": iso(s.end)} for s in result.plan.segments],
         "data": data, "count": len(data), "timestamp": now_iso(),
     }
+
+
+# Downsampling reads every raw reading of the range: bounded, past that /telemetry/aggregate
+# (with downsample) is the way, as it reads rollups.
+MAX_DOWNSAMPLE_ROWS = 500_000
+
+
+def downsampled_readings(pool: ConnectionPool, q: ReadingQuery, n: int) -> list[dict[str, Any]]:
+    """At most n readings per (device, metric) keeping the shape (LTTB), by series then time."""
+    rows = fetch_numeric(pool, q, MAX_DOWNSAMPLE_ROWS)
+    if len(rows) > MAX_DOWNSAMPLE_ROWS:
+        raise QueryError(f"downsample: the range holds more than {MAX_DOWNSAMPLE_ROWS} readings; narrow"
+                         " start..end, or use /telemetry/aggregate with downsample (it reads the rollups)")
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and rows[j][:2] == rows[i][:2]:
+            j += 1
+        series = rows[i:j]
+        xs = [r[2].timestamp() for r in series]
+        ys = [r[3] for r in series]
+        for k in lttb_indices(xs, ys, n):
+            d, m, t, v, rec = series[k]
+            out.append({"device_id": d, "metric": m, "ts": iso(t), "value": value_of(v, None), "created_at": iso(rec)})
+        i = j
+    return out
+
+
+def check_downsample(p: dict[str, Any]) -> None:
+    for name in ("next", "offset"):
+        if p[name]:
+            raise QueryError(f"{name}: not with downsample (a downsampled read is one answer for the whole range)")
+    if p["format"] != "narrow":
+        raise QueryError("downsample: only with format=narrow")
+
+
+def _fingerprint(p: dict[str, Any], q: ReadingQuery) -> str:
+    """What a cursor belongs to: the filters and order as the client gave them."""
+    return cursor.fingerprint([sorted(q.device_ids), sorted(q.metrics), p["start"], p["end"], p["hours"],
+                               q.order_by, q.desc])
+
+
+def narrow_page(pool: ConnectionPool, q: ReadingQuery, p: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """A narrow page (after `next` when given) and the cursor of the page after it (None: last page)."""
+    fp = _fingerprint(p, q)
+    if p["next"]:
+        if q.offset:
+            raise QueryError("offset: not with next (the cursor is the position)")
+        q.after = cursor.decode(p["next"], fp, q.key_kinds())
+    data, last = fetch_page(pool, q)
+    return data, (cursor.encode(fp, last) if last is not None else None)

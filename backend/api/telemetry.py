@@ -7,9 +7,15 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from backend.api.analytics import AGGREGATE_PARAMS, aggregate_answer
+from backend.api.analytics import (
+    AGGREGATE_PARAMS,
+    aggregate_answer,
+    check_downsample,
+    downsampled_readings,
+    narrow_page,
+)
 from backend.api.ingest_http import INGEST_PARAMS, run_ingest
-from backend.api.params import accepts, boolean, choice, integer, number, text_list, timestamp
+from backend.api.params import accepts, boolean, choice, integer, number, text, text_list, timestamp
 from backend.api.responses import error_response, json_response, now_iso
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
 from backend.ops import multiproc
@@ -21,7 +27,6 @@ from backend.store.queries import (
     ORDER_COLUMNS,
     QueryError,
     ReadingQuery,
-    fetch_readings,
     fetch_wide,
 )
 
@@ -51,18 +56,30 @@ def ingest_plain(p: dict[str, Any]) -> Response:
     choice("order_by", [*ORDER_COLUMNS, *ORDER_ALIASES], "ts"),
     boolean("desc", True),
     choice("format", ("narrow", "wide"), "narrow"),
+    text("next", max_len=4000),  # the previous page's `next`: keyset pagination
+    integer("downsample", None, 2, 100_000),
 )
 def query(p: dict[str, Any]) -> Response:
     svc = services()
     try:
         q = ReadingQuery.from_params(p)
+        wide = p["format"] == "wide"
+        extra: dict[str, Any] = {}
+        if p["downsample"] is not None:
+            check_downsample(p)
+            data = downsampled_readings(svc.pool, q, p["downsample"])
+            extra["downsample"] = p["downsample"]
+        elif wide:
+            if p["next"]:
+                raise QueryError("next: keyset pages are for format=narrow; page format=wide with offset")
+            data = fetch_wide(svc.pool, q)
+        else:
+            data, extra["next"] = narrow_page(svc.pool, q, p)
     except QueryError as exc:
         return error_response(400, str(exc))
-    wide = p["format"] == "wide"
-    data = fetch_wide(svc.pool, q) if wide else fetch_readings(svc.pool, q)
     return json_response({"success": True, "data": data, "count": len(data), "limit": q.limit,
                           "offset": q.offset, "order_by": q.order_by, "desc": q.desc,
-                          "format": "wide" if wide else "narrow", "timestamp": now_iso()})
+                          "format": "wide" if wide else "narrow", **extra, "timestamp": now_iso()})
 
 
 @bp.get("/telemetry/aggregate")

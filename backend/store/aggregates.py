@@ -6,8 +6,10 @@ min, max, first and last with their times), UNION ALL, grouped by output bucket.
 reading is such a row with count 1. Rollups are kept in the writing transaction
 (migrations/0020), so there is no tail of raw rows not rolled up yet to add.
 
-Calendar buckets (day/week/month) run under `SET LOCAL TimeZone` = the request's zone, so
-date_trunc() and the bucket list for gap filling follow local midnight, DST included.
+Calendar buckets (day/week/month) are date_trunc(unit, t, zone): truncated in local time and
+turned back into an instant, so they follow local midnight, DST included; the bucket list
+for gap filling steps through local time the same way. One round trip per answer (no
+transaction, no session settings): on a busy machine each round trip costs a wake-up.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def _segment_sql(source: str, req: AggregateRequest, lo: datetime, hi: datetime,
 
 def _bucket_expr(spec: BucketSpec, params: list[Any]) -> sql.Composable:
     if spec.calendar:
-        return sql.SQL("date_trunc({}, t)").format(sql.Literal(spec.calendar))
+        params.append(spec.tz)
+        return sql.SQL("date_trunc({}, t, %s)").format(sql.Literal(spec.calendar))
     params.append(timedelta(seconds=spec.seconds or 60))
     return sql.SQL("date_bin(%s::interval, t, TIMESTAMPTZ '2000-01-01 00:00:00+00')")
 
@@ -111,8 +114,9 @@ def bucket_list(spec: BucketSpec, start: datetime, end: datetime, conn: Any = No
             b += step
         return out
     rows = conn.execute(
-        "SELECT g FROM generate_series(date_trunc(%s, %s::timestamptz), %s::timestamptz, %s::interval) g WHERE g < %s",
-        [spec.calendar, start, end, "1 " + (spec.calendar or "day"), end]).fetchall()
+        "SELECT b FROM generate_series(date_trunc(%s, %s::timestamptz AT TIME ZONE %s), %s::timestamptz AT TIME ZONE %s,"
+        " %s::interval) g, LATERAL (SELECT g AT TIME ZONE %s AS b) x WHERE b < %s",
+        [spec.calendar, start, spec.tz, end, spec.tz, "1 " + (spec.calendar or "day"), spec.tz, end]).fetchall()
     return [r[0] for r in rows]
 
 
@@ -128,9 +132,7 @@ def fetch_aggregate(pool: ConnectionPool, req: AggregateRequest, with_buckets: b
             + sql.SQL(") s GROUP BY 1, " + keys + " ORDER BY 1, 2, 3"))
     rows: list[tuple] = []
     buckets = None
-    with pool.connection() as conn, conn.transaction():
-        if req.spec.calendar:
-            conn.execute("SELECT set_config('TimeZone', %s, true)", [req.spec.tz])
+    with pool.connection() as conn:
         if parts:
             rows = conn.execute(stmt, params).fetchall()
         if with_buckets:

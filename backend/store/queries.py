@@ -32,6 +32,20 @@ ORDER_COLUMNS = {
 # Accepted for order_by too (earlier versions answered with them); the answer names the field.
 ORDER_ALIASES = {"timestamp": "ts", "received_at": "created_at"}
 MAX_LIMIT = 10_000
+# The total order of narrow reads (keyset pagination): the order_by column in the request's
+# direction, then the tie-breaks the offset pages always had (ascending, except ts DESC after
+# device_id or metric), completed to the unique key (device_id, metric, ts) so the last row of
+# a page is an exact position. True: the column follows the request's direction. A text
+# reading has no value: it sorts as NaN does (after every number, where NULLs sort), so the
+# comparison needs no NULL case.
+KEYSET: dict[str, tuple[tuple[str, bool | str], ...]] = {
+    "ts": (("ts", True), ("device_id", "ASC"), ("metric", "ASC")),
+    "received_at": (("received_at", True), ("device_id", "ASC"), ("metric", "ASC"), ("ts", "ASC")),
+    "device_id": (("device_id", True), ("ts", "DESC"), ("metric", "ASC")),
+    "metric": (("metric", True), ("ts", "DESC"), ("device_id", "ASC")),
+    "value": (("value", True), ("device_id", "ASC"), ("metric", "ASC"), ("ts", "ASC")),
+}
+KEY_KINDS = {"ts": "time", "received_at": "time", "device_id": "text", "metric": "text", "value": "number"}
 
 
 class QueryError(ValueError):
@@ -113,6 +127,7 @@ class ReadingQuery:
     order_by: str = "ts"
     desc: bool = True
     numeric_only: bool = False
+    after: tuple[Any, ...] | None = None  # keyset: rows after this sort key (see KEYSET)
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> ReadingQuery:
@@ -149,7 +164,35 @@ class ReadingQuery:
             params.append(self.end)
         if self.numeric_only:
             parts.append(sql.SQL(prefix + "value IS NOT NULL"))
+        if self.after is not None:
+            parts.append(self._after(prefix, params))
         return parts
+
+    def _keyset(self, prefix: str = "") -> list[tuple[str, str, str]]:
+        """(column expression, direction, name) of the total order."""
+        out = []
+        for name, d in KEYSET[ORDER_COLUMNS[self.order_by]]:
+            direction = ("DESC" if self.desc else "ASC") if d is True else str(d)
+            expr = f"coalesce({prefix}value, 'NaN'::float8)" if name == "value" else prefix + name
+            out.append((expr, direction, name))
+        return out
+
+    def _after(self, prefix: str, params: list[Any]) -> sql.Composable:
+        """Rows after the key: c1 beyond v1, or c1 = v1 and c2 beyond v2, ... (directions may differ)."""
+        keys = self._keyset(prefix)
+        values = [float("nan") if v is None and KEY_KINDS[n] == "number" else v
+                  for (_, _, n), v in zip(keys, self.after or (), strict=True)]
+        first, direction, _ = keys[0]
+        params.append(values[0])  # the first column alone as well: that one an index range scan can use
+        ors = []
+        for i, (expr, direction_i, _) in enumerate(keys):
+            eqs = [f"{e} = %s" for e, _, _ in keys[:i]]
+            ors.append("(" + " AND ".join([*eqs, f"{expr} {'<' if direction_i == 'DESC' else '>'} %s"]) + ")")
+            params += [*values[:i], values[i]]
+        return sql.SQL(f"{first} {'<=' if direction == 'DESC' else '>='} %s AND (" + " OR ".join(ors) + ")")
+
+    def key_kinds(self) -> list[str]:
+        return [KEY_KINDS[n] for n, _ in KEYSET[ORDER_COLUMNS[self.order_by]]]
 
     def per_series(self) -> bool:
         """Devices given and time order: read series by series (see the module docstring)."""
@@ -183,11 +226,8 @@ class ReadingQuery:
         return stmt, params
 
     def order(self) -> sql.Composable:
-        col = ORDER_COLUMNS[self.order_by]
-        direction = "DESC" if self.desc else "ASC"
-        # A stable tie-break so pages do not overlap.
-        tiebreak = ", ts DESC" if col in ("device_id", "metric") else ", device_id, metric"
-        return sql.SQL(" ORDER BY {} " + direction + tiebreak).format(sql.Identifier(col))
+        # A total order (KEYSET), so pages neither overlap nor skip.
+        return sql.SQL(" ORDER BY " + ", ".join(f"{e} {d}" for e, d, _ in self._keyset()))
 
 
 def _in(column: str, values: list[str]) -> sql.Composable:
@@ -210,7 +250,7 @@ def iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def _value(value: float | None, text: str | None) -> Any:
+def value_of(value: float | None, text: str | None) -> Any:
     if text is not None:
         return text
     if value is not None and value.is_integer() and abs(value) < 2**53:
@@ -219,6 +259,11 @@ def _value(value: float | None, text: str | None) -> Any:
 
 
 def fetch_readings(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
+    return fetch_page(pool, q)[0]
+
+
+def fetch_page(pool: ConnectionPool, q: ReadingQuery) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+    """A page of narrow rows and the sort key of its last row (None when the page is not full)."""
     columns = "device_id, metric, ts, value, value_text, received_at"
     if q.per_series():
         stmt, params = q.series(columns)  # s has only d and m, so the names are r's
@@ -229,8 +274,14 @@ def fetch_readings(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]
             " LIMIT %s OFFSET %s")
     with pool.connection() as conn:
         rows = conn.execute(stmt, [*params, q.limit, q.offset]).fetchall()
-    return [{"device_id": d, "metric": m, "ts": iso(t), "value": _value(v, vt), "created_at": iso(r)}
+    data = [{"device_id": d, "metric": m, "ts": iso(t), "value": value_of(v, vt), "created_at": iso(r)}
             for d, m, t, v, vt, r in rows]
+    last = None
+    if rows and len(rows) == q.limit:
+        d, m, t, v, _, r = rows[-1]
+        by_col = {"ts": t, "received_at": r, "device_id": d, "metric": m, "value": v}
+        last = tuple(by_col[c] for c, _ in KEYSET[ORDER_COLUMNS[q.order_by]])
+    return data, last
 
 
 def fetch_wide(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
@@ -254,7 +305,17 @@ def fetch_wide(pool: ConnectionPool, q: ReadingQuery) -> list[dict[str, Any]]:
     for device, ts, received, metrics, values, texts in rows:
         record: dict[str, Any] = {"device_id": device, "ts": iso(ts), "created_at": iso(received)}
         for m, v, t in zip(metrics, values, texts, strict=True):
-            record[m] = _value(v, t)
+            record[m] = value_of(v, t)
         out.append(record)
     return out
 
+
+
+def fetch_numeric(pool: ConnectionPool, q: ReadingQuery, cap: int) -> list[tuple[str, str, datetime, float, datetime]]:
+    """Every numeric reading q selects (up to cap + 1), by series then time: input for downsampling."""
+    q = ReadingQuery(device_ids=q.device_ids, metrics=q.metrics, start=q.start, end=q.end, numeric_only=True)
+    where, params = q.where()
+    stmt = (sql.SQL("SELECT device_id, metric, ts, value, received_at FROM telemetry_readings") + where
+            + sql.SQL(" ORDER BY device_id, metric, ts LIMIT %s"))
+    with pool.connection() as conn:
+        return conn.execute(stmt, [*params, cap + 1]).fetchall()

@@ -140,7 +140,7 @@ def test_one_name_for_the_arrival_time_in_plain_and_wide_rows(loaded, db):
 
 @pytest.mark.parametrize("path, param", [
     ("/telemetry/query?tz=Europe/Berlin", "tz"),
-    ("/telemetry/query?downsample=20", "downsample"),
+    ("/telemetry/query?samples=20", "samples"),  # downsample is known since issue 14
     ("/telemetry/query?devce_id=a", "devce_id"),
     ("/telemetry/aggregate?metric=alt&device=a", "device"),
     ("/api/flow-data?device=n1", "device"),
