@@ -4,6 +4,7 @@ serve      start the embedded PostgreSQL if needed, migrate, then run gunicorn
 migrate    apply pending migrations (also done by serve)
 partitions create the monthly partitions ahead of time
 retention  drop partitions past the RETENTION_*_DAYS policy (--dry-run: only list them)
+dashboard-role --password-stdin   set the read-only dashboard role's password (docs/grafana.md)
 """
 
 from __future__ import annotations
@@ -138,6 +139,28 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard_role(args: argparse.Namespace) -> int:
+    import getpass
+
+    import psycopg
+
+    from backend.store.dashboard_role import ROLE, set_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"new password for {ROLE}: ")
+    url, _handle = resolve_database_url(Config.from_env())
+    try:
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+            set_password(conn, password)
+    except (ValueError, LookupError) as exc:
+        print(f"dashboard-role: {exc}", file=sys.stderr)
+        return 2
+    print(f"password of {ROLE} set (stored as a SCRAM-SHA-256 verifier)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     ret = sub.add_parser("retention", help="drop partitions older than the RETENTION_*_DAYS policy")
     ret.add_argument("--dry-run", action="store_true", help="list what would be dropped; change nothing")
     ret.set_defaults(func=cmd_retention)
+    dash = sub.add_parser("dashboard-role", help="set the password of the read-only dashboard role")
+    dash.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    dash.set_defaults(func=cmd_dashboard_role)
     from backend.fleet.auth.cli import add_key_commands
 
     add_key_commands(sub, resolve_database_url)  # keys create|list|revoke (backend/fleet/auth/cli.py)

@@ -27,6 +27,8 @@ def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date |
         row = conn.execute("SELECT partition_ensure_monthly(%s::regclass, %s, %s)",
                            (table, month_start(today, -1), months_ahead + 2)).fetchone()
         created += int(row[0]) if row else 0
+    # The dashboard role's views over the rollups, once those tables exist (migration 0026).
+    conn.execute("SELECT dashboard_ensure_views()")
     return created
 
 
