@@ -8,6 +8,7 @@ parameters merged client-side), so the ratio is what the HTTP path and the worke
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ import psutil
 import psycopg
 import requests
 
-from backend.store.export import SESSION, readings_statement
+from backend.store.export import SESSION, SETTINGS, readings_statement
 from backend.store.queries import ReadingQuery
 
 from .dataset import QUERY_PREFIX
@@ -54,8 +55,9 @@ def _psql_copy(db_url: str, statement: str) -> dict[str, Any]:
     psql = shutil.which("psql")
     t0 = time.perf_counter()
     if psql:
-        session = [a for s in SESSION.split("; ") for a in ("-c", s)]
-        proc = subprocess.Popen([psql, db_url, "-X", "-q", *session, "-c", statement], stdout=subprocess.PIPE)
+        options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in SETTINGS.items())
+        proc = subprocess.Popen([psql, db_url, "-X", "-q", "-c", statement], stdout=subprocess.PIPE,
+                                env={**os.environ, "PGOPTIONS": options})
         assert proc.stdout is not None
         lines = sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 20), b""))
         if proc.wait() != 0:
