@@ -359,7 +359,7 @@ class Bench:
             r["batched"] = {kind: _median_round(rs) for kind, rs in runs.items()}
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
-            r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, self.plan.q_devices, self.log)
+            r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, r["dataset"], self.log)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["big_bodies"] = self.phase("eight largest bodies at one worker", big_bodies, self.url,
                                          self.workdir / "big", self.plan.quick)
