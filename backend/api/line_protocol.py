@@ -165,7 +165,8 @@ def _partial(o: IngestOutcome) -> Response:
         else "nothing was written"
     message = f"{'partial write: ' if o.stored else ''}line {line}: unable to parse{shown}: {reason}" \
               f" ({lines} line(s) refused; {written})"
-    body = {"code": "invalid", "message": message, "line": line, "lines_refused": lines,
+    # InfluxDB's `code` and `message`, and our own `error` as every other 4xx of this service has.
+    body = {"code": "invalid", "message": message, "success": False, "error": message, "line": line, "lines_refused": lines,
             "written": o.accepted if o.stored else 0, "duplicates": o.duplicates,
             "refused": [{"line": b[0], "reason": b[1]} for b in sorted(bad)[:100]]}
     return json_response(body, 400)

@@ -156,3 +156,29 @@ def test_concurrent_duplicates_across_workers_store_once(make_live_server) -> No
     assert len({a.json()["batch_id"] for a in answers}) == 1  # all got the first answer
     assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 11
     assert srv.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'idem-live'")[0][0] == 50
+
+
+def test_a_5xx_releases_the_key_so_the_retry_runs(app, db) -> None:
+    from flask import Response
+
+    from backend.api.idempotent import with_idempotency
+
+    calls = []
+
+    def answer(status: int):
+        def run() -> Response:
+            calls.append(status)
+            return Response(b"{}", status=status, content_type="application/json")
+        return run
+
+    def send(status: int) -> Response:
+        with app.test_request_context("/telemetry/parse", method="POST", data=b"device_id:idem,v:1",
+                                      headers={"Idempotency-Key": "busy-1"}):
+            return with_idempotency(answer(status))
+
+    assert send(503).status_code == 503  # "not stored, retry later": the key is released
+    assert db.execute("SELECT count(*) FROM idempotency_keys WHERE idem_key = 'busy-1'").fetchone()[0] == 0
+    assert send(200).status_code == 200 and calls == [503, 200]  # the retry ran
+    replay = send(200)
+    assert replay.headers["Idempotent-Replayed"] == "true" and calls == [503, 200]  # and is now remembered
+    assert db.execute("SELECT state, status FROM idempotency_keys WHERE idem_key = 'busy-1'").fetchone() == ("done", 200)

@@ -296,8 +296,9 @@ def test_every_time_in_every_answer_ends_in_z(make_app, db_proxy):
         url = rule.rule.replace("<device_id>", "z1")
         query = {"metric": "alt", "start": "2026-11-23T00:00:00Z"} if url == "/telemetry/aggregate" else {}
         resp = client.get(url, query_string=query)
-        assert resp.status_code in (200, 503), (url, resp.get_data(as_text=True)[:300])
-        answers[url] = resp.get_json()
+        assert resp.status_code in (200, 204, 503), (url, resp.get_data(as_text=True)[:300])
+        if resp.status_code != 204:  # GET /ping: InfluxDB's 204, no body
+            answers[url] = resp.get_json()
     found = [(url, where, t) for url, body in answers.items() for where, t in _times(body)]
     wrong = [f for f in found if not f[2].endswith("Z")]
     assert not wrong, wrong
