@@ -55,8 +55,10 @@ def test_tokens_that_may_not_write(db, client):
     _, reader = create_key(db, "reader", "read", ["boiler-1"])
     assert anon.post(f"/api/v1/{reader}/telemetry", json={"a": 1}).status_code == 403
     _, bound = create_key(db, "boiler", "ingest", ["boiler-1"])
-    # The shared message builder would take device_id as the device: refused as a reserved key, nothing stored.
+    # A body naming another device than the token's: 403, nothing stored.
     r = anon.post(f"/api/v1/{bound}/telemetry", json={"device_id": "other", "a": 1})
+    assert r.status_code == 403 and "other" in r.get_json()["error"]
+    r = anon.post(f"/api/v1/{bound}/telemetry", json={"ts": 1, "a": 1})  # ts outside {"ts", "values"}
     assert r.status_code == 400 and "reserved" in json.dumps(r.get_json())
     assert rows(db) == []
 
