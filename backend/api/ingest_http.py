@@ -24,6 +24,7 @@ from backend.fleet.auth.keystore import ANONYMOUS_KEY_ID
 from backend.ingest import admission, pipeline
 from backend.ingest.parsing import PARSER_VERSION, Parser
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, Message
+from backend.ingest.parsing.teltonika import looks_like_teltonika
 from backend.ingest.pipeline import IngestOutcome, IngestPipeline, IngestRefused, IngestRequest
 from backend.ingest.register_map import teltonika_parser
 from backend.ops.requests import note_device
@@ -88,14 +89,16 @@ def _run_ingest(p: dict[str, Any], fmt: str | None, default_device_id: str | Non
     svc = services()
     try:
         ident = request_identity()
+        data = read_body(svc.config)
+        fmt = request.args.get("format") or _sniffed(data) or fmt
         req = IngestRequest(
-            body=read_body(svc.config),
+            body=data,
             content_type=request.headers.get("Content-Type", ""),
             content_encoding=request.headers.get("Content-Encoding", ""),
             default_device=request.headers.get("X-Device-Id") or request.args.get("device_id"),
             fallback_device=default_device_id,
-            format=request.args.get("format") or fmt,
-            parser=_configured_parser(svc.config, request.args.get("format") or fmt),
+            format=fmt,
+            parser=_configured_parser(svc.config, fmt),
             store=p["store"],
             key_id=ident.key_id if ident is not None else None,
             device_guard=guard_for(ident),
@@ -112,6 +115,15 @@ def _run_ingest(p: dict[str, Any], fmt: str | None, default_device_id: str | Non
     if extra and outcome.status in (200, 207):
         body.update(extra)
     return json_response(body, outcome.status)
+
+
+def _sniffed(data: bytes) -> str | None:
+    """"teltonika" for a JSON body in Teltonika's Data to Server template (`{"TS": ...`), which the
+    plain JSON parser would store with its time as a metric; None otherwise."""
+    if request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity"):
+        return None
+    mime = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return "teltonika" if mime in ("application/json", "text/json") and looks_like_teltonika(data) else None
 
 
 def _configured_parser(cfg: Config, fmt: str | None) -> Parser | None:

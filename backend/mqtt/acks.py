@@ -54,9 +54,7 @@ class AckSequencer:
             ready: list[tuple[int, int]] = []
             while self._pending:
                 head, state = next(iter(self._pending.items()))
-                if state is False:
-                    break
-                if state is None:  # left for redelivery: stop here, nothing after it is acknowledged first
+                if state is not True:  # not finished, or left for redelivery (None): nothing after it first
                     break
                 self._pending.popitem(last=False)
                 ready.append((head, self._qos.pop(head)))

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from tenacity import Retrying, retry_if_exception, stop_when_event_set, wait_exponential_jitter
 
 from backend.fleet.attributes import merge_attributes
@@ -42,6 +45,9 @@ log = logging.getLogger("backend.mqtt")
 # Refusals that go away by themselves: retried, never acknowledged while they last.
 TRANSIENT = frozenset({pipeline.BUSY, pipeline.BUFFER_FULL, pipeline.STORAGE_TIMEOUT, pipeline.STORAGE_FAILED,
                        pipeline.CATALOGUE_UNCHECKED})
+# The database not answering (down, restarting, pool exhausted): retried, never acknowledged.
+DATABASE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed)
+T = TypeVar("T")
 FORMATS = {"thingsboard": "thingsboard", "gateway": "thingsboard-gateway"}
 
 
@@ -71,35 +77,42 @@ class MessageHandler:
     def handle(self, topic: str, payload: bytes, content_type: str | None = None) -> Verdict:
         try:
             where = route(self.settings, topic)
-            device = self._device(where)
+            device = self._retrying(self._device, where)
         except (Unroutable, KeyRefused) as exc:
             return self._refuse(topic, payload, str(exc))
+        except DATABASE_ERRORS as exc:  # only when stopping: the database never answered
+            return self._unacked(topic, f"cannot look the device key up: {type(exc).__name__}")
         if where.kind == "thingsboard_attributes":
-            return self._attributes(topic, payload, device)
+            try:
+                return self._retrying(self._attributes, topic, payload, device)
+            except DATABASE_ERRORS as exc:
+                return self._unacked(topic, f"cannot store the attributes: {type(exc).__name__}")
         req = IngestRequest(
             body=payload, content_type=content_type or _sniff(payload), default_device=device,
             format=FORMATS.get(where.kind), parser=self.teltonika if where.kind == "teltonika" else None,
             device_guard=_only(device) if where.key_ref else None)
         try:
-            outcome = self._run(req)
+            outcome = self._retrying(self.ingest.run, req, transport="mqtt")
         except IngestRefused as exc:
             if exc.kind in TRANSIENT:  # only when stopping: leave it to the broker's next delivery
-                log.info("mqtt message on %r left unacknowledged while stopping: %s", topic[:200], exc.message)
-                return Verdict(ack=False, reason=exc.message)
+                return self._unacked(topic, exc.message)
             return self._refuse(topic, payload, f"{exc.kind}: {exc.message}", device)
         return self._verdict(topic, outcome)
+
+    def _unacked(self, topic: str, reason: str) -> Verdict:
+        log.info("mqtt message on %r left unacknowledged while stopping: %s", topic[:200], reason)
+        return Verdict(ack=False, reason=reason)
 
     def _device(self, where: Route) -> str | None:
         if where.key_ref is not None:
             return self.keys.resolve(where.key_ref).device
         return where.device
 
-    def _run(self, req: IngestRequest) -> IngestOutcome:
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, IngestRefused) and e.kind in TRANSIENT),
-            wait=wait_exponential_jitter(initial=0.05, max=self.max_delay),
-            stop=stop_when_event_set(self.stopping), reraise=True)
-        return retrying(self.ingest.run, req, transport="mqtt")
+    def _retrying(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(...), retried with backoff while storage is temporarily unable, until stopping."""
+        retrying = Retrying(retry=retry_if_exception(_transient), wait=wait_exponential_jitter(
+            initial=0.05, max=self.max_delay), stop=stop_when_event_set(self.stopping), reraise=True)
+        return retrying(fn, *args, **kwargs)
 
     def _verdict(self, topic: str, o: IngestOutcome) -> Verdict:
         reason = "; ".join(f"#{e.position}: {e.reason}" for e in o.rejected[:5]) or None
@@ -125,6 +138,10 @@ class MessageHandler:
     def _refuse(self, topic: str, payload: bytes, reason: str, device: str | None = None) -> Verdict:
         self.quarantine.refuse(topic, payload, reason, device)
         return Verdict(ack=True, reason=reason)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, DATABASE_ERRORS) or (isinstance(exc, IngestRefused) and exc.kind in TRANSIENT)
 
 
 def _sniff(payload: bytes) -> str:

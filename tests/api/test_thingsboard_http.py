@@ -55,8 +55,10 @@ def test_tokens_that_may_not_write(db, client):
     _, reader = create_key(db, "reader", "read", ["boiler-1"])
     assert anon.post(f"/api/v1/{reader}/telemetry", json={"a": 1}).status_code == 403
     _, bound = create_key(db, "boiler", "ingest", ["boiler-1"])
-    # The shared message builder would take device_id as the device: refused as a reserved key, nothing stored.
+    # A body naming another device than the token's: 403, nothing stored.
     r = anon.post(f"/api/v1/{bound}/telemetry", json={"device_id": "other", "a": 1})
+    assert r.status_code == 403 and "other" in r.get_json()["error"]
+    r = anon.post(f"/api/v1/{bound}/telemetry", json={"ts": 1, "a": 1})  # ts outside {"ts", "values"}
     assert r.status_code == 400 and "reserved" in json.dumps(r.get_json())
     assert rows(db) == []
 
@@ -94,3 +96,12 @@ def test_teltonika_body_over_http_with_the_register_map(db, make_app, tmp_path):
     r = c.post("/telemetry/parse?format=teltonika&device_id=other-gw", data=body,
                headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "no register mapping" in json.dumps(r.get_json())
+
+
+def test_teltonika_body_on_the_fluxio_route_is_recognised(db, client):
+    """Issue 15: a Data to Server body on /api/ingest stored TS as a metric and the data as text."""
+    body = '{"TS":"@","D":"2025-12-04 00:00:00","DT":{"flow_rate":1.5,"temperature":20.25}}'.replace("@", str(T0))
+    r = client.post("/api/ingest?device_id=trb245-2", data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["format"] == "teltonika"
+    assert rows(db) == [("trb245-2", "flow_rate", at(T0), 1.5, None), ("trb245-2", "temperature", at(T0), 20.25, None)]

@@ -49,6 +49,20 @@ def test_cli_refuses_a_bad_setting_with_its_name(monkeypatch, capsys):
     assert "MQTT_CLIENT_ID" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("content", "why"), [(None, "cannot read"), ("{", "not JSON"),
+                                             ('{"gw": ["a", "a"]}', "appears twice")])
+def test_cli_refuses_a_bad_register_map(monkeypatch, capsys, tmp_path, content, why):
+    from backend.mqtt.runtime import main
+
+    path = tmp_path / "map.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("TELTONIKA_REGISTER_MAP", str(path))
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "TELTONIKA_REGISTER_MAP" in err and why in err
+
+
 def test_broker_url_forms():
     b = parse_broker("mqtts://user:p%40ss@broker.example:8884")
     assert (b.host, b.port, b.tls, b.username, b.password) == ("broker.example", 8884, True, "user", "p@ss")

@@ -44,6 +44,19 @@ def test_generic_topic_json_and_raw_land_exactly(db, broker, make_subscriber, ma
     assert not sub.logged("refused")
 
 
+def test_gateway_readings_come_back_from_the_query_api(db, client, broker, make_subscriber, make_publisher):
+    make_subscriber(broker)
+    make_publisher(broker.port).publish("v1/gateway/telemetry", json.dumps(
+        {"Pump A": [{"ts": T0 * 1000 + 125, "values": {"flow": 1.25, "mode": "auto", "on": False}}]}))
+    wait_for(lambda: len(rows(db)) == 3, 60, "3 readings")
+    got = client.get("/telemetry/query?device_id=Pump_A&start=2025-12-04T00:00:00Z&order_by=metric&desc=false")
+    assert got.status_code == 200, got.get_json()
+    data = [{k: d[k] for k in ("device_id", "metric", "ts", "value")} for d in got.get_json()["data"]]
+    assert data == [{"device_id": "Pump_A", "metric": "flow", "ts": "2025-12-04T00:00:00.125000Z", "value": 1.25},
+                    {"device_id": "Pump_A", "metric": "mode", "ts": "2025-12-04T00:00:00.125000Z", "value": "auto"},
+                    {"device_id": "Pump_A", "metric": "on", "ts": "2025-12-04T00:00:00.125000Z", "value": 0}]
+
+
 def test_gateway_topic_files_each_device(db, broker, make_subscriber, make_publisher):
     make_subscriber(broker)
     pub = make_publisher(broker.port)

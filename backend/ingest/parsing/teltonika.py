@@ -53,6 +53,14 @@ MAX_REGISTERS = 1000
 RegisterMap = Mapping[str, Sequence[str | None]]
 
 
+_TEMPLATE_START = re.compile(rb'\A\s*\[?\s*\{\s*"TS"\s*:')
+
+
+def looks_like_teltonika(body: bytes) -> bool:
+    """A body that starts like Teltonika's default JSON template (`{"TS": ...`, or an array of them)."""
+    return bool(_TEMPLATE_START.match(body[:64]))
+
+
 def validate_mapping(doc: object) -> dict[str, tuple[str | None, ...]]:
     """A register mapping from its JSON form; raises ValueError naming the bad entry."""
     if not isinstance(doc, dict):

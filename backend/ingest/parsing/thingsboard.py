@@ -35,9 +35,12 @@ from backend.ingest.parsing.base import (
 )
 
 _SPACES = re.compile(r"\s+")
-# Keys the shared message builder treats as device or time: inside ThingsBoard `values`
-# they are ordinary telemetry keys, so they are refused rather than silently reinterpreted.
-_RESERVED = frozenset({"ts", "timestamp", "time", "device_id", "device"})
+# Keys the shared message builder treats as time (and, for the gateway, device): inside
+# ThingsBoard `values` they are ordinary telemetry keys, so they are refused rather than
+# silently reinterpreted. A device API body may name its device ("device_id"): the
+# endpoint's guard then refuses any device but the token's (403).
+_RESERVED_TIME = frozenset({"ts", "timestamp", "time"})
+_RESERVED_ALL = _RESERVED_TIME | {"device_id", "device"}
 
 
 def device_name_to_id(name: str) -> str:
@@ -54,7 +57,7 @@ def _raw(item: Any) -> str:
         return str(item)[:200]
 
 
-def _fields(item: Any) -> list[tuple[str, Any]]:
+def _fields(item: Any, reserved: frozenset[str]) -> list[tuple[str, Any]]:
     """One telemetry entry -> (name, value) pairs, with ("ts", ts) first when it has one."""
     if not isinstance(item, dict):
         raise InvalidValue(f"expected an object, got {type(item).__name__}")
@@ -70,9 +73,9 @@ def _fields(item: Any) -> list[tuple[str, Any]]:
         values = item
         pairs = []
     for key, value in values.items():
-        if isinstance(key, str) and key.strip() in _RESERVED:
-            raise InvalidValue(f"telemetry key {key!r} is reserved here (device and time come from"
-                               " the token and ts)")
+        if isinstance(key, str) and key.strip() in reserved:
+            raise InvalidValue(f"telemetry key {key!r} is reserved here (the time comes from ts, the"
+                               " device from the token or the gateway's device name)")
         if isinstance(value, dict | list):
             raise InvalidValue(f"field {key!r}: JSON object and array values are not stored")
         pairs.append((key, value))
@@ -92,7 +95,7 @@ def _messages(result: ParseResult, items: list[Any], ctx: ParseContext, device: 
     position = start
     for item in items:
         try:
-            fields = _fields(item)
+            fields = _fields(item, _RESERVED_TIME if device is None else _RESERVED_ALL)
             if device is not None:
                 fields.insert(0, ("device_id", device))
             result.messages.append(build_message(position, _raw(item), fields, ctx, coerce_json_value, untimed))
