@@ -15,6 +15,8 @@ any worker may have open) take the maximum.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from backend.ingest.sinks import Submission, WriteResult
@@ -87,6 +89,7 @@ class Metrics:
         self.webhook_failures = Counter("telemetry_alert_webhook_failures", "Alert webhooks given up after"
                                         " their retries", registry=r)
         # --- live stream (set by the stream's code)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.stream_subscribers = Gauge("telemetry_stream_subscribers", "Open live-stream subscriptions",
                                         multiprocess_mode="livesum", registry=r)
 
@@ -117,8 +120,15 @@ class Metrics:
     # ---- the request middleware ----
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            # labels() costs as much as the increment itself (lock, tuple of str): once per key.
+            # Bounded: route templates x methods x statuses the app answers.
+            children = self._children[key] = (self.requests.labels(route, method, str(status)),
+                                               self.request_seconds.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class CounterFeed:

@@ -18,9 +18,13 @@ from backend.api.specs.common import (
 KEY = obj("id", "name", "prefix", "scopes", "status", id=STR, name=STR, prefix=STR, scopes=arr(STR),
           devices=nullable(arr(STR)), status=STR, created_at=nullable(TIME), expires_at=nullable(TIME),
           revoked_at=nullable(TIME), last_used_at=nullable(TIME))
-RULE_BODY = obj("metric", "operator", "threshold", name=STR, metric=STR, device_id=nullable(STR),
-                operator={"enum": [">", ">=", "<", "<=", "==", "!="]}, threshold=NUM,
-                severity={"enum": ["info", "warning", "critical"]}, webhook_url=nullable(STR), enabled=BOOL)
+RULE_BODY = obj("rule_name", "rule_type", rule_name=STR, rule_type={"enum": ["above", "below", "outside", "silent"],
+                                                                      "description": "or a FluxIO rule name"},
+                metric=STR, device_id=nullable(STR), threshold_value=NUM, threshold_low=NUM, threshold_high=NUM,
+                severity={"enum": ["info", "warning", "critical"]}, webhook_url=nullable(STR), auto_resolve=BOOL,
+                is_enabled=BOOL)
+DEVICE_BODY = obj(name=nullable(STR), location=nullable(STR), description=nullable(STR), device_type=nullable(STR),
+                  metadata={"type": "object", "description": "merged into the stored one; null removes a key"})
 
 OPERATIONS = {
     ("GET", "/api/devices"): Operation("Devices with status and latest values", {200: listing(
@@ -29,7 +33,7 @@ OPERATIONS = {
                                                    tag="fleet", errors=(404,)),
     ("PATCH", "/api/devices/<device_id>"): Operation(
         "Edit a device's metadata", {200: envelope("data", data=OBJ)}, tag="fleet", errors=(404,),
-        body={"application/json": obj(name=STR, location=STR, metadata=OBJ)}, body_required=True),
+        body={"application/json": DEVICE_BODY}, body_required=True),
     ("GET", "/api/dashboard/summary"): Operation("Fleet summary: counts, alerts", {200: envelope("data",
                                                                                                 data=OBJ)},
                                                  tag="fleet"),
