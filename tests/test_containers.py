@@ -100,7 +100,7 @@ BLOCKER = f"""
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {BLOCKED_MODULES!r}:
+        if name.split(".")[0] in {BLOCKED_MODULES!r} or name.startswith("backend.modbus"):
             raise ImportError("not in the server image: " + name)
 sys.meta_path.insert(0, Block())
 """

@@ -107,3 +107,18 @@ def test_migrations_apply_as_a_non_superuser_owner_and_anon_reads_nothing(owned_
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute("INSERT INTO api_keys (name) VALUES ('x')")
             conn.execute("RESET ROLE")
+
+
+def test_a_failing_migration_leaves_nothing_half_applied(database_url, tmp_path):
+    import shutil
+
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "9998_fine.sql").write_text("CREATE TABLE migration_probe_fine (id int);")
+    (tmp_path / "9999_broken.sql").write_text("CREATE TABLE migration_probe_broken (id int); SELECT 1/0;")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrate(database_url, tmp_path)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('migration_probe_fine'), to_regclass('migration_probe_broken')"
+                            ).fetchone() == (None, None)
+        assert conn.execute("SELECT count(*) FROM schema_migrations WHERE version LIKE '999%'").fetchone() == (0,)
