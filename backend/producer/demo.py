@@ -24,6 +24,7 @@ from backend.producer.__main__ import parse_args, run
 from backend.producer.sender import Sender
 
 log = logging.getLogger("backend.producer.demo")
+STOP_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 180.0  # the first embedded PostgreSQL start downloads nothing but initdb takes a while
 
 
@@ -43,6 +44,8 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = START_TIM
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C stops the demo even when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = Config.from_env()
     key = cfg.admin_api_key
     where = "ADMIN_API_KEY"
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     url = f"http://{host}:{cfg.port}"
     args = parse_args(["--url", url, *(argv if argv is not None else sys.argv[1:])])
-    server = subprocess.Popen([sys.executable, "-m", "backend", "serve"], cwd=ROOT,
+    # Its own session: Ctrl-C reaches only this process, which then stops the service once,
+    # gracefully (SIGTERM: gunicorn finishes requests and flushes), instead of every process
+    # of the service getting the terminal's SIGINT at the same time.
+    server = subprocess.Popen([sys.executable, "-m", "backend", "serve"], cwd=ROOT, start_new_session=True,
                               env={**os.environ, "ADMIN_API_KEY": key})
     try:
         wait_until_up(url, server)
@@ -67,13 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             sender.close()
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_service(server)
     return 0
+
+
+def stop_service(server: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    if server.poll() is None:
+        log.info("stopping the service")
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the service did not stop within %g s: killing its processes", timeout)
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
 
 
 if __name__ == "__main__":
