@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 FILLS = ("none", "null", "previous", "linear")
 
 
 @dataclass(frozen=True)
 class Point:
-    bucket: datetime
+    bucket: int  # start, epoch seconds
     value: float | None
     count: int  # readings in the bucket; 0 for a filled one
 
 
-def fill(buckets: Sequence[datetime], found: dict[datetime, tuple[float | None, int]], mode: str) -> list[Point]:
+def fill(buckets: Sequence[int], found: dict[int, tuple[float | None, int]], mode: str) -> list[Point]:
     """Every bucket of `buckets` (sorted) for null/previous/linear; only those found for none.
 
     previous: the last value before (none before the first found bucket: null);
@@ -41,9 +40,9 @@ def fill(buckets: Sequence[datetime], found: dict[datetime, tuple[float | None, 
             if b - a < 2:
                 continue
             pa, pb = out[a], out[b]
-            span = (pb.bucket - pa.bucket).total_seconds()
+            span = pb.bucket - pa.bucket
             for i in range(a + 1, b):
-                f = (out[i].bucket - pa.bucket).total_seconds() / span
+                f = (out[i].bucket - pa.bucket) / span
                 out[i] = Point(out[i].bucket, pa.value + (pb.value - pa.value) * f, 0)  # type: ignore[operator]
         return out
     raise ValueError(f"fill: {mode!r} is not one of {', '.join(FILLS)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +40,18 @@ AGGREGATE_PARAMS: tuple[Param, ...] = (
 )
 
 
+# Years 1000..9999 in epoch seconds: there strftime's %Y has four digits.
+_STRFTIME_RANGE = (-30_610_224_000, 253_402_300_799)
+
+
+def _utc_label(sec: int) -> str:
+    """iso() of a whole-second UTC time, by strftime (a 1,440-bucket answer spent most of its
+    Python time in datetime.isoformat, cProfile)."""
+    if _STRFTIME_RANGE[0] <= sec <= _STRFTIME_RANGE[1]:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+    return iso(datetime.fromtimestamp(sec, UTC))
+
+
 def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
     metrics: list[str] = list(dict.fromkeys(p["metric"]))
     if not metrics:
@@ -65,12 +78,12 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
     result = fetch_aggregate(pool, req, with_buckets=filling)
     one_metric = len(metrics) == 1
     local = tz != "UTC"
-    labels: dict[datetime, tuple[str, str]] = {}  # few distinct buckets, many rows: format each once
+    labels: dict[int, tuple[str, str]] = {}  # few distinct buckets, many rows: format each once
 
-    def row(bucket: datetime, device: str | None, metric: str, value: float | None, count: int) -> dict[str, Any]:
+    def row(bucket: int, device: str | None, metric: str, value: float | None, count: int) -> dict[str, Any]:
         label = labels.get(bucket)
         if label is None:
-            label = labels[bucket] = (iso(bucket), bucket.astimezone(z).isoformat() if local else "")
+            label = labels[bucket] = (_utc_label(bucket), datetime.fromtimestamp(bucket, z).isoformat() if local else "")
         out: dict[str, Any] = {"bucket": label[0]}
         if local:
             out["bucket_local"] = label[1]
@@ -84,12 +97,11 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
 
     if not filling and p["downsample"] is None:
         # Already in (bucket, device, metric) order from SQL: no series to build.
-        data = [row(r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows]
+        data = [row(*r) for r in result.rows]
     else:
         keys = [(None, m) for m in metrics] if fleet else [(d, m) for d in devices for m in metrics]
-        rows = ((r.bucket, r.device_id, r.metric, r.value, r.count) for r in result.rows)
         data = [row(pt.bucket, device, metric, pt.value, pt.count)
-                for (device, metric), points in shape(rows, keys, result.buckets, p["fill"], p["downsample"])
+                for (device, metric), points in shape(result.rows, keys, result.buckets, p["fill"], p["downsample"])
                 for pt in points]
         data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
     return {
