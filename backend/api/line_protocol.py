@@ -153,22 +153,22 @@ def _write(precision: str, default_device: str | None) -> Response:
 
 def _partial(o: IngestOutcome) -> Response:
     """400 naming the first refused line: a parse error, a type clash or a conflicting value."""
-    bad: list[tuple[int, str, str]] = [(e.position, e.reason, e.raw) for e in o.rejected]
-    bad += [(c.position, f"{c.metric}: {c.reason}", "") for c in o.conflicts]
+    # (line, what happened to it): refused lines quote their text, conflicts name the metric
+    bad: list[tuple[int, str]] = [(e.position, f"unable to parse '{e.raw[:200]}': {e.reason}" if e.raw
+                                   else f"unable to parse: {e.reason}") for e in o.rejected]
+    bad += [(c.position, f"{c.metric!r} not written: {c.reason}") for c in o.conflicts]
     if not bad:
         # Nothing valid and nothing refused: an empty body (only comments or blank lines).
         return _influx_error(400, "writing requires points", None, "no_points")
-    line, reason, raw = min(bad, key=lambda b: b[0])
-    shown = f" '{raw[:200]}'" if raw else ""
+    line, what = min(bad, key=lambda b: b[0])
     lines = len({b[0] for b in bad})
-    written = f"{o.accepted + o.duplicates} readings of the other lines were written" if o.stored \
-        else "nothing was written"
-    message = f"{'partial write: ' if o.stored else ''}line {line}: unable to parse{shown}: {reason}" \
-              f" ({lines} line(s) refused; {written})"
+    kept = (f"the other lines' {o.accepted + o.duplicates} readings are stored" if o.stored
+            else "nothing was written")
+    message = f"{'partial write: ' if o.stored else ''}line {line}: {what} ({lines} line(s) refused; {kept})"
     # InfluxDB's `code` and `message`, and our own `error` as every other 4xx of this service has.
-    body = {"code": "invalid", "message": message, "success": False, "error": message, "line": line, "lines_refused": lines,
-            "written": o.accepted if o.stored else 0, "duplicates": o.duplicates,
-            "refused": [{"line": b[0], "reason": b[1]} for b in sorted(bad)[:100]]}
+    body = {"code": "invalid", "message": message, "success": False, "error": message, "line": line,
+            "lines_refused": lines, "written": o.accepted if o.stored else 0, "duplicates": o.duplicates,
+            "refused": [{"line": n, "reason": r} for n, r in sorted(bad)[:100]]}
     return json_response(body, 400)
 
 
