@@ -10,6 +10,7 @@ device costs one lookup per TTL, and a revoked key stops within that TTL.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from psycopg_pool import ConnectionPool
 from backend.fleet.auth.keys import KEY_PREFIX, hash_key
 
 TTL_S = 10.0
+# What a topic level may hold to be looked up at all: a key id, or a token (keys.generate_key).
+REF_RE = re.compile(r"\A(k_[0-9a-f]{1,32}|tk_[A-Za-z0-9_\-]{20,80})\Z")
 
 
 class KeyRefused(ValueError):
@@ -67,6 +70,8 @@ class KeyResolver:
         return hit[1]
 
     def _lookup(self, ref: str) -> DeviceKey | KeyRefused:
+        if not REF_RE.fullmatch(ref):
+            return KeyRefused(f"topic level {ref[:40]!r} is neither an API key id (k_...) nor a token (tk_...)")
         token = ref.startswith(KEY_PREFIX)
         where, arg, shown = ("key_hash", hash_key(ref), "for this token") if token else ("id", ref, repr(ref[:40]))
         with self.pool.connection() as conn:

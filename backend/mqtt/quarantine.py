@@ -22,6 +22,8 @@ class Quarantine:
         self.pool = pool
 
     def refuse(self, topic: str, payload: bytes, reason: str, device: str | None = None) -> None:
+        # PostgreSQL text cannot hold NUL; a topic or payload may (the reason quotes the topic).
+        topic, reason = topic.replace("\x00", "\ufffd"), reason.replace("\x00", "\ufffd")
         log.warning("mqtt message on %r refused: %s", topic[:200], reason)
         raw = payload[:RAW_MAX].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
         try:

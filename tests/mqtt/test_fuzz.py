@@ -37,7 +37,7 @@ def handler(db, app_config):
     proc.close(5)
 
 
-level = st.one_of(st.sampled_from(["pump-1", "k_nokey", "tk_x", "a b", "+", "", "dev.1:x"]),
+level = st.one_of(st.sampled_from(["pump-1", "k_nokey", "k_0123456789ab", "tk_x", "a b", "+", "", "dev.1:x", "\x00"]),
                   st.text(max_size=12))
 topics = st.one_of(
     st.builds(lambda d: f"telemetry/{d}", level),

@@ -64,6 +64,8 @@ def test_tb_device_client_with_its_access_token(db, make_broker, make_subscriber
     broker = make_broker(mounts={"tb": f"tb/{info.id}/"})
     make_subscriber(broker)
     publish(tb_client_dir, broker.mounts["tb"], "device", token)
+    # Messages are handled side by side: the attributes may be stored before the telemetry.
     wait_for(lambda: db.execute("SELECT metadata->>'firmware' FROM devices WHERE device_id = 'boiler-9'")
-             .fetchone() == ("2.0.1",), 60, "the attribute after the telemetry")
+             .fetchone() == ("2.0.1",), 60, "the attribute")
+    wait_for(lambda: rows(db), 60, "the telemetry")
     assert rows(db) == [("boiler-9", "temp", at(T0), 71.25, None)]
