@@ -160,7 +160,7 @@ class Config(BaseModel):
             raise ValueError("name at least one tag (default: device_id,host)")
         return value
 
-    # MQTT subscriber (python -m backend.mqtt; docs/mqtt.md). Checked by backend/mqtt/settings.py.
+    # MQTT subscriber (python -m backend.mqtt; docs/doors.md). Checked by backend/mqtt/settings.py.
     mqtt_broker_url: str = "mqtt://127.0.0.1:1883"
     mqtt_client_id: str = "telemetry-ingest-1"
     mqtt_group: str = "telemetry"  # $share/<group>/... ; empty: plain subscriptions

@@ -8,7 +8,7 @@ Telemetry goes through the same pipeline as every other ingest endpoint (format
 `thingsboard`); attributes are merged into the device's metadata (backend/fleet/attributes.py).
 
 ThingsBoard puts the token in the URL; an access log in front of this service records
-it, so keep such logs private or strip the path (docs/mqtt.md).
+it, so keep such logs private or strip the path (docs/doors.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 A broker does not tell subscribers who published (the MQTT username ThingsBoard uses as
 the device's access token stays with the broker), so a ThingsBoard device is told apart by
 its topic: Mosquitto's per-listener `mount_point tb/<key id>/` (or a broker's topic rewrite
-to `tb/<key id or token>/...`) puts the device's key in the topic. docs/mqtt.md shows it.
+to `tb/<key id or token>/...`) puts the device's key in the topic. docs/doors.md shows it.
 """
 
 from __future__ import annotations

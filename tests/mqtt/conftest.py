@@ -49,7 +49,7 @@ class Broker:
         lines = [f"user {getpass.getuser()}", "per_listener_settings false", "allow_anonymous true", "persistence true",
                  f"persistence_location {tmp}/", "autosave_interval 1",
                  # The broker queues what a stopped subscriber's session misses; the default 1000
-                 # would drop messages of a long outage (docs/mqtt.md says the same for production).
+                 # would drop messages of a long outage (docs/doors.md says the same for production).
                  "max_queued_messages 1000000", "max_inflight_messages 0",
                  f"listener {self.port} 127.0.0.1"]
         for name, port in self.mounts.items():

@@ -1,7 +1,7 @@
 """Teltonika RUT/TRB "Data to Server" JSON (pure: text in, readings and errors out).
 
 What Teltonika documents (Teltonika wiki, "Template:Networking rutXxx manual data to server",
-the Data to Server page of the RUT/TRB manuals; see docs/mqtt.md for the citation):
+the Data to Server page of the RUT/TRB manuals; see docs/doors.md for the citation):
 - each data sender has a "JSON format", default `{"TS":"%t", "D":"%d","MAC":"%m","DT":"%b"}`,
   that the router fills per collected record ("segment"): `%t` the time as epoch seconds,
   `%d` the date, `%m` the (Bluetooth) MAC address, `%b` the data;
