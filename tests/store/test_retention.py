@@ -234,3 +234,30 @@ def test_partitioning_migration_keeps_payloads_and_quarantine(pg_admin_url, tmp_
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_workers_at_once_drop_each_partition_once(old_readings, database_url):
+    import threading
+
+    now = datetime(2024, 6, 15, 12, tzinfo=UTC)
+    barrier = threading.Barrier(2)
+    results: list[object] = []
+    errors_seen: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                barrier.wait(10)
+                results.append(retention.apply(conn, policy(raw=30), now=now))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors_seen.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors_seen, errors_seen
+    dropped = [p.name for plans in results if plans for tp in plans for p in tp.drop]
+    assert sorted(dropped) == [f"telemetry_readings_2024_{m:02d}" for m in (1, 2, 3, 4)]  # each once
+    assert "telemetry_readings_2024_05" in child_names(old_readings, "telemetry_readings")
