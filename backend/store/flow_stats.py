@@ -26,16 +26,16 @@ BUCKETS = ("hour", "day")
 _RATES = """
 SELECT {b} AS b, sum(value), min(value), max(value), count(*)
 FROM telemetry_readings
-WHERE device_id = %(device)s AND metric = %(rate)s AND ts >= %(start)s AND ts < %(end)s AND value IS NOT NULL
+WHERE {device} metric = %(rate)s AND ts >= %(start)s AND ts < %(end)s AND value IS NOT NULL
 GROUP BY 1
 """
 _VOLUME = """
 SELECT {b} AS b,
        sum(CASE WHEN prev IS NULL THEN 0 WHEN value >= prev THEN value - prev ELSE value END),
        count(*), count(*) FILTER (WHERE value < prev)
-FROM (SELECT ts, value, lag(value) OVER (ORDER BY ts) AS prev
+FROM (SELECT ts, value, lag(value) OVER (PARTITION BY device_id ORDER BY ts) AS prev
       FROM telemetry_readings
-      WHERE device_id = %(device)s AND metric = %(total)s AND ts >= %(start)s AND ts < %(end)s
+      WHERE {device} metric = %(total)s AND ts >= %(start)s AND ts < %(end)s
         AND value IS NOT NULL) s
 GROUP BY 1
 """
@@ -77,16 +77,18 @@ class FlowReport:
     buckets: list[FlowStats] = field(default_factory=list)
 
 
-def flow_statistics(pool: ConnectionPool, device_id: str, start: datetime, end: datetime,
+def flow_statistics(pool: ConnectionPool, device_id: str | None, start: datetime, end: datetime,
                     bucket: str | None) -> FlowReport:
-    """Figures over [start, end) for `device_id`; per `bucket` ("hour" / "day", UTC) when given."""
+    """Figures over [start, end) for `device_id` (None: the whole fleet, each meter's volume
+    from its own totalizer); per `bucket` ("hour" / "day", UTC) when given."""
     b = f"date_trunc('{bucket}', ts, 'UTC')" if bucket in BUCKETS else "NULL::timestamptz"
+    device = "device_id = %(device)s AND" if device_id is not None else ""
     params = {"device": device_id, "rate": RATE_METRIC, "total": TOTAL_METRIC, "start": start, "end": end}
     by_bucket: dict[datetime | None, FlowStats] = {}
     with pool.connection() as conn:
-        for key, s, lo, hi, n in conn.execute(_RATES.format(b=b), params).fetchall():
+        for key, s, lo, hi, n in conn.execute(_RATES.format(b=b, device=device), params).fetchall():
             by_bucket.setdefault(key, FlowStats(key)).add(FlowStats(key, s, lo, hi, n))
-        for key, vol, n, resets in conn.execute(_VOLUME.format(b=b), params).fetchall():
+        for key, vol, n, resets in conn.execute(_VOLUME.format(b=b, device=device), params).fetchall():
             by_bucket.setdefault(key, FlowStats(key)).add(
                 FlowStats(key, volume=float(vol), totalizer_readings=n, resets=resets))
     total = FlowStats()

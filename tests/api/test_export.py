@@ -63,12 +63,12 @@ def test_csv_and_ndjson_hold_exactly_what_the_query_returns(client, readings):
     keys = [(x["device_id"], x["metric"], parse_ts(x["ts"])) for x in series]
     assert keys == sorted(keys) and len(series) == len(rows)
     # Times in UTC whatever the server's TimeZone (set for the export's transaction only).
-    assert all(x["ts"].endswith("+00") and x["created_at"].endswith("+00") for x in rows)
+    assert all(x["ts"].endswith("Z") and x["created_at"].endswith("Z") and "T" in x["ts"] for x in rows)
 
     r = client.get("/telemetry/export", query_string={**q, "format": "ndjson"})
     assert r.status_code == 200 and r.mimetype == "application/x-ndjson"
     docs = ndjson_rows(r.data)
-    assert all(x["ts"].endswith("+00:00") and "T" in x["ts"] for x in docs)
+    assert all(x["ts"].endswith("Z") and "T" in x["ts"] for x in docs)
     assert {(x["device_id"], x["metric"], parse_ts(x["ts"]), x["value"]) for x in docs} == expected
     assert len(docs) == len(expected)
 

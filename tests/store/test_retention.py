@@ -234,3 +234,52 @@ def test_partitioning_migration_keeps_payloads_and_quarantine(pg_admin_url, tmp_
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_workers_at_once_drop_each_partition_once(old_readings, database_url):
+    import threading
+
+    now = datetime(2024, 6, 15, 12, tzinfo=UTC)
+    barrier = threading.Barrier(2)
+    results: list[object] = []
+    errors_seen: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                barrier.wait(10)
+                results.append(retention.apply(conn, policy(raw=30), now=now))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors_seen.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors_seen, errors_seen
+    dropped = [p.name for plans in results if plans for tp in plans for p in tp.drop]
+    assert sorted(dropped) == [f"telemetry_readings_2024_{m:02d}" for m in (1, 2, 3, 4)]  # each once
+    assert "telemetry_readings_2024_05" in child_names(old_readings, "telemetry_readings")
+
+
+@pytest.mark.slow
+def test_the_housekeeping_job_of_a_two_worker_server_applies_it_once(make_live_server, database_url):
+    from tests.live_server import wait_for
+
+    start = date(datetime.now(UTC).year - 3, 1, 1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT partition_ensure_monthly('telemetry_raw'::regclass, %s, 2)", (start,))
+        conn.execute("INSERT INTO telemetry_raw (request_id, received_at, parser_version, data_source, payload)"
+                     " VALUES (gen_random_uuid(), %s, 'v', 's', 'old')", (datetime(start.year, 1, 3, tzinfo=UTC),))
+    old = {f"telemetry_raw_{start:%Y}_01", f"telemetry_raw_{start:%Y}_02"}
+    # The job's first pass comes a minute after a worker starts, then hourly.
+    server = make_live_server(env={"RETENTION_PAYLOAD_DAYS": "365", "LOG_LEVEL": "INFO"}, workers=2)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        wait_for(lambda: not (old & child_names(conn, "telemetry_raw")), timeout=240, interval=1)
+        assert conn.execute("SELECT count(*) FROM telemetry_raw WHERE payload = 'old'").fetchone()[0] == 0
+    log = server.log_path.read_text()
+    for name in old:  # by one worker; the other found nothing left or the lock taken
+        assert log.count(f"retention: dropped public.{name} ") == 1, log[-3000:]
+    assert "Traceback" not in log and "WARNING backend.store.maintenance" not in log, log[-3000:]
+    assert len(server.worker_pids()) == 2
