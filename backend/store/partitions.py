@@ -29,7 +29,7 @@ def ensure_partitions(conn: psycopg.Connection, months_ahead: int, today: date |
     today = today or datetime.now(UTC).date()
     row = conn.execute(_ENSURE, (month_start(today, -1), months_ahead + 2) * 2).fetchone()
     created = int(row[0]) if row else 0
-    others = 0
+    others = int(row[1]) if row else 0  # the rollups'
     for table in MONTHLY_TABLES:
         row = conn.execute("SELECT partition_ensure_monthly(%s::regclass, %s, %s)",
                            (table, month_start(today, -1), months_ahead + 2)).fetchone()
@@ -44,7 +44,7 @@ def ensure_month(conn: psycopg.Connection, day: date) -> int:
     """The partition for one month (moving its rows out of the default partition)."""
     row = conn.execute(_ENSURE, (month_start(day), 1) * 2).fetchone()
     created = int(row[0]) if row else 0
-    _secure_new(conn, created)
+    _secure_new(conn, created + (int(row[1]) if row else 0))
     return created
 
 
