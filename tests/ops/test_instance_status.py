@@ -57,6 +57,11 @@ def test_totals_survive_a_killed_worker_and_levels_count_only_live_ones(make_liv
     sent = ingest_on_both_workers(server)
     st = instance_written(server, sent)
     victim = st["workers"][0]["pid"]
+    # Its published figures must hold its last flush before it dies: a worker's file lags its
+    # flushes by up to 0.5 s, so a SIGKILL right after one would lose it from this status (not
+    # from /metrics, whose counters are written as they count). The other worker's answer shows it.
+    wait_for(lambda: (a := server.get("/telemetry/batch/status", headers={"Connection": "close"}).json())
+             ["worker_pid"] != victim and a["written_total"] == sent, timeout=60, interval=0.05)
     os.kill(victim, signal.SIGKILL)  # gunicorn's master starts a new worker; child_exit marks it dead
     st = wait_for(lambda: (s := server.get("/telemetry/batch/status").json())["workers_live"] == 2
                   and victim not in [w["pid"] for w in s["workers"] if w["live"]] and len(s["workers"]) == 3
