@@ -3,7 +3,8 @@
 gunicorn's master calls `prepare()` once at start (gunicorn.conf.py `on_starting`), before
 any worker exists, so every worker inherits PROMETHEUS_MULTIPROC_DIR: an operator's
 directory, or a fresh one per instance under $TMPDIR/telemetry-metrics/ (two instances on
-one machine never share it; those left by masters killed with SIGKILL go at the next start). It is wiped then: values left by an earlier run would be added to this one's.
+one machine never share it; those left by masters killed with SIGKILL go at the next
+start). An operator's is emptied: values left by an earlier run would be added to this one's.
 `worker_exited()` (gunicorn's `child_exit`) marks a worker's live gauges dead; its counters
 stay, so totals never go backwards when a worker is recycled.
 
