@@ -4,7 +4,8 @@ The description is generated from what is registered: every Flask rule, its meth
 path parameters (from the rule) and its query parameters (from its `@accepts(...)`), plus
 the per-route entries of backend/api/specs/ (summary, bodies, answers). The usual errors
 are added from the route: 401/403 unless it is public, 400 for parameters and bodies, 429
-(rate limits) and 503 (database unreachable) everywhere. `undescribed(app)` lists the rules
+(rate limits) and 503 (database unreachable) everywhere. Flask's and blueprints' static
+file routes are left out. `undescribed(app)` lists the rules
 that have no entry; tests/api/test_openapi.py fails on any.
 
 The reference page is Swagger UI from the `swagger-ui-bundle-v2` package, served from the
@@ -54,8 +55,8 @@ def _rules(app: Flask) -> list[tuple[str, str, str]]:
     """(method, rule, endpoint) of every route the app serves (Flask's static route excluded)."""
     out = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
+            continue  # a blueprint's static files are pages' assets, not API
         for method in sorted((rule.methods or set()) - SKIPPED_METHODS):
             out.append((method, rule.rule, rule.endpoint))
     return out
@@ -102,6 +103,8 @@ def _operation(app: Flask, method: str, rule: str, endpoint: str, op: Operation)
                            "tags": [op.tag]}
     if op.description:
         doc["description"] = op.description
+    if op.streaming:
+        doc["x-streaming"] = True
     if params:
         doc["parameters"] = params
     if op.body is not None:

@@ -2,8 +2,9 @@
 
 gunicorn's master calls `prepare()` once at start (gunicorn.conf.py `on_starting`), before
 any worker exists, so every worker inherits PROMETHEUS_MULTIPROC_DIR: an operator's
-directory, or a fresh temporary one per instance (two instances on one machine never share
-it). It is wiped then: values left by an earlier run would be added to this one's.
+directory, or a fresh one per instance under $TMPDIR/telemetry-metrics/ (two instances on
+one machine never share it; those left by masters killed with SIGKILL go at the next
+start). An operator's is emptied: values left by an earlier run would be added to this one's.
 `worker_exited()` (gunicorn's `child_exit`) marks a worker's live gauges dead; its counters
 stay, so totals never go backwards when a worker is recycled.
 
@@ -37,11 +38,38 @@ def prepare(env: MutableMapping[str, str] | None = None) -> Path:
             elif entry.suffix in (".db", ".json", ".tmp"):
                 entry.unlink(missing_ok=True)
     else:
-        path = Path(tempfile.mkdtemp(prefix="telemetry-metrics-"))
+        path = _fresh_directory()
         env[CREATED_ENV] = "1"
     (path / STATUS).mkdir(exist_ok=True)
     env[ENV] = str(path)
     return path
+
+
+def _fresh_directory() -> Path:
+    """A new directory under the temporary one, named by this master; those of dead masters go.
+
+    A master killed with SIGKILL cannot remove its directory at exit: the next start does.
+    """
+    parent = Path(tempfile.gettempdir()) / "telemetry-metrics"
+    try:
+        parent.mkdir(mode=0o700, exist_ok=True)
+        for old in parent.iterdir():
+            owner = old.name.split("-", 1)[0]
+            if owner.isdigit() and not _alive(int(owner)):
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+    except OSError:  # another user's parent, a read-only /tmp: a plain temporary directory
+        return Path(tempfile.mkdtemp(prefix="telemetry-metrics-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def directory() -> Path | None:

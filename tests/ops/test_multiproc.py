@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -23,15 +24,27 @@ def test_an_operators_directory_is_emptied_at_start(tmp_path):
     assert multiproc.CREATED_ENV not in env  # the operator's: never removed at exit
 
 
-def test_without_one_each_instance_gets_its_own(tmp_path):
+def test_without_one_each_instance_gets_its_own_and_dead_masters_ones_go(tmp_path):
     first, second = {}, {}
     a, b = multiproc.prepare(first), multiproc.prepare(second)
+    dead = _a_dead_pid()
+    left = a.parent / f"{dead}-leftover"
+    left.mkdir()
     try:
         assert a != b and (a / "status").is_dir() and first[multiproc.ENV] == str(a)
         assert first[multiproc.CREATED_ENV] == "1"
+        c = multiproc.prepare({})  # a new start sweeps what killed masters left
+        assert not left.exists() and a.exists() and b.exists()  # this process is alive: its own stay
+        shutil.rmtree(c)
     finally:
-        for path in (a, b):
-            shutil.rmtree(path)
+        for path in (a, b, left):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.mark.parametrize("value,bad", [("127.0.0.1/33", "127.0.0.1/33"), ("10.0.0.0/8,nope", "nope"),

@@ -70,3 +70,6 @@ class Operation:
     content_type: str = "application/json"  # of the 2xx answers
     errors: tuple[int, ...] = ()  # statuses beyond the usual ones (404, 409, 413, 415 ...)
     headers: dict[str, Schema] = field(default_factory=dict)  # request headers
+    # An answer that does not end (text/event-stream): marked `x-streaming`, which the
+    # Schemathesis run leaves out (each example would wait for its request timeout).
+    streaming: bool = False
