@@ -40,7 +40,7 @@ async def serve(cfg: Config) -> None:
     site = web.TCPSite(runner, cfg.stream_host, cfg.stream_port, backlog=2048, reuse_address=True)
     await site.start()
     log.info("stream on http://%s:%s/api/stream (wake-ups: %s)", cfg.stream_host, cfg.stream_port,
-             "Redis" if cfg.redis_url else "LISTEN/NOTIFY")
+             "LISTEN/NOTIFY and Redis" if cfg.redis_url else "LISTEN/NOTIFY")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
