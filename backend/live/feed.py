@@ -52,6 +52,7 @@ class EventFeed:
         self.reads = 0
         self._created: dict[int, float] = {}
         self.lag_ms: deque[float] = deque(maxlen=1000)  # commit-to-dispatch of the last rows
+        self.read_ms: deque[float] = deque(maxlen=1000)  # how long the last reads of new rows took
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -90,7 +91,9 @@ class EventFeed:
     async def read_new(self) -> None:
         """Dispatch every row after the hub's cursor, a page at a time."""
         while True:
+            t0 = time.perf_counter()
             rows = await self._rows_after(self.hub.cursor, None, PAGE_ROWS)
+            self.read_ms.append((time.perf_counter() - t0) * 1000)
             self.reads += 1
             if not rows:
                 return

@@ -103,7 +103,8 @@ class StreamServer:
         return web.json_response({"status": "ok", "subscribers": self.hub.count, "cursor": self.hub.cursor,
                                   "dispatched_events": self.hub.dispatched_events, "wakeups": self.feed.wakeups,
                                   "missed_events": self.hub.missed_total(),
-                                  "lag_ms": _percentiles(self.feed.lag_ms)},
+                                  "lag_ms": _percentiles(self.feed.lag_ms),
+                                  "read_ms": _percentiles(self.feed.read_ms)},
                                  dumps=lambda o: orjson.dumps(o).decode())
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
