@@ -39,6 +39,7 @@ from .load import percentile, post_all
 from .server import ROOT, Gunicorn, free_port
 
 DEVICES = 500
+PER_CLIENT_PROCESS = 100
 
 
 @dataclass(frozen=True)
@@ -136,17 +137,26 @@ def _stream_process(srv: Gunicorn) -> psutil.Process | None:
 
 def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: str, stream_url: str,
             base: float, log: Callable[[str], None]) -> dict[str, Any]:
-    clients = None
-    if n:
-        clients = subprocess.Popen([sys.executable, "-m", "bench.stream_clients", "--url", stream_url,
-                                    "--token", token, "--n", str(n)], cwd=ROOT, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-        hello = orjson.loads(clients.stdout.readline())  # type: ignore[union-attr]
-        if hello["ready"] != n:
-            raise RuntimeError(f"only {hello['ready']} of {n} subscribers connected: {hello['errors']}")
+    # Subscribers in processes of at most PER_CLIENT_PROCESS each, as browsers would be in
+    # many processes: one Python process reading 500 sockets in turn would add its own queue
+    # to the latency it measures.
+    procs: list[subprocess.Popen[str]] = []
+    for first in range(0, n, PER_CLIENT_PROCESS):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.stream_clients", "--url", stream_url, "--token", token,
+             "--first", str(first), "--n", str(min(PER_CLIENT_PROCESS, n - first))],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    ready = 0
+    for proc in procs:
+        hello = orjson.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        ready += hello["ready"]
+        if hello["errors"]:
+            raise RuntimeError(f"subscribers failed to connect: {hello['errors']}")
+    if ready != n:
+        raise RuntimeError(f"only {ready} of {n} subscribers connected")
     streamer = _stream_process(srv)
-    client_proc = psutil.Process(clients.pid) if clients else None
-    cpu0 = (_cpu(streamer), _cpu(client_proc))
+    client_procs = [psutil.Process(p.pid) for p in procs]
+    cpu0 = (_cpu(streamer), sum(map(_cpu, client_procs)))
     work = _work(srv, plan, base)
     with Probe(srv.url, srv.api_key, plan.probe_interval_s, base - 600) as probe:
         t0 = time.perf_counter()
@@ -159,14 +169,18 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
         "ack_p99_ms": percentile(run.latencies_ms, 99), "probes_sent": probe.sent, "probes_failed": probe.failed,
         "load_average_1m": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
     }
-    if clients is not None:
+    if procs:
         time.sleep(1.0)  # the last probes' events are on their way (latency is measured, not this)
         health = requests.get(stream_url + "/health", timeout=10).json()
         out["server_lag_ms"], out["server_read_ms"] = health["lag_ms"], health["read_ms"]
         out["stream_cpu_s"] = round(_cpu(streamer) - cpu0[0], 2)
-        out["clients_cpu_s"] = round(_cpu(client_proc) - cpu0[1], 2)
-        got, _ = clients.communicate("stop\n", timeout=120)
-        res = orjson.loads(got.strip().splitlines()[-1])
+        out["clients_cpu_s"] = round(sum(map(_cpu, client_procs)) - cpu0[1], 2)
+        res: dict[str, Any] = {"readings": 0, "missed": 0, "probes": [], "errors": []}
+        for proc in procs:
+            got, _ = proc.communicate("stop\n", timeout=120)
+            part = orjson.loads(got.strip().splitlines()[-1])
+            for k in ("readings", "missed", "probes", "errors"):
+                res[k] += part[k]
         rows = sorted({eid // ROW_SPAN for eid, _, _ in res["probes"]})
         with psycopg.connect(database_url, autocommit=True) as conn:
             made = dict(conn.execute("SELECT id, extract(epoch FROM created_at)::float8 FROM stream_events"
