@@ -69,7 +69,7 @@ async def main_async(args: argparse.Namespace) -> None:
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [asyncio.create_task(subscriber(
             session, args.url, [("token", args.token), ("device_id", f"{args.prefix}{i}"), ("device_id", "probe")],
-            counts, ready, args.n)) for i in range(args.n)]
+            counts, ready, args.n)) for i in range(args.first, args.first + args.n)]
         await asyncio.wait_for(ready.wait(), 120)
         print(orjson.dumps({"ready": counts.connected, "errors": counts.errors[:3]}).decode(), flush=True)
         loop = asyncio.get_running_loop()
@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--url", required=True)
     ap.add_argument("--token", required=True)
     ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--first", type=int, default=0, help="subscriber i watches device <prefix><i>")
     ap.add_argument("--prefix", default="sd")
     asyncio.run(main_async(ap.parse_args()))
     return 0

@@ -1,7 +1,7 @@
 """POST /api/stream/token: a short-lived stream token for a key with `read` scope.
 
-The stream itself is served by the stream process (backend/live/server.py, STREAM_PORT);
-`GET /api/stream` here only redirects there, so a client pointed at the service finds it.
+The stream itself is served by the stream process (backend/live/server.py, STREAM_PORT), at
+the `stream_url` this answers; behind nginx, /api/stream is routed there (docs/stream.md).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import psycopg
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, request
 
 from backend.api.responses import error_response, json_response
 from backend.fleet.auth.hooks import request_identity, requires
@@ -42,13 +42,3 @@ def token() -> Response:
                               retry_after=5, reason="stream_unavailable")
     return json_response({"token": tokens.issue(ident.key_id), "expires_in": tokens.ttl_s,
                           "stream_url": stream_url()})
-
-
-@bp.get("/api/stream")
-@requires("public")
-def stream_redirect() -> Response:
-    # EventSource follows redirects; the token in the query string goes along.
-    target = stream_url()
-    if request.query_string:
-        target += "?" + request.query_string.decode("latin-1")
-    return redirect(target, code=307)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -40,15 +41,27 @@ async def serve(cfg: Config) -> None:
     site = web.TCPSite(runner, cfg.stream_host, cfg.stream_port, backlog=2048, reuse_address=True)
     await site.start()
     log.info("stream on http://%s:%s/api/stream (wake-ups: %s)", cfg.stream_host, cfg.stream_port,
-             "Redis" if cfg.redis_url else "LISTEN/NOTIFY")
+             "LISTEN/NOTIFY and Redis" if cfg.redis_url else "LISTEN/NOTIFY")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop))
     await stop.wait()
+    orphan_watch.cancel()
     beats.cancel()
     await runner.cleanup()
     await feed.close()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    # Started by gunicorn's master: if the master is killed outright (no on_exit), do not
+    # linger holding STREAM_PORT. Run by hand (parent: a shell), it stops with that shell.
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("parent process %s is gone; stopping the stream process", parent)
+    stop.set()
 
 
 def main() -> int:

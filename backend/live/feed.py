@@ -2,9 +2,9 @@
 
 A cursor (the last row id dispatched) and "id > cursor" reads: ids are in commit order
 (migrations/0040), so nothing committed is skipped and nothing uncommitted is seen. The
-reads happen on a wake-up (NOTIFY telemetry_stream, or the Redis channel when REDIS_URL is
-set; backend/live/publisher.py sends them after each commit) and at least every
-STREAM_POLL_S, so a lost wake-up or a writer that sends none only adds latency. Old rows
+reads happen on a wake-up (NOTIFY telemetry_stream, sent by the writer's transaction and
+delivered at its commit, migrations/0041; also the Redis channel when REDIS_URL is set,
+published by backend/live/publisher.py after each commit) and at least every STREAM_POLL_S, so a lost wake-up or a writer that sends none only adds latency. Old rows
 are deleted in bounded batches (STREAM_RETENTION_S), by one stream process at a time.
 """
 
@@ -52,6 +52,7 @@ class EventFeed:
         self.reads = 0
         self._created: dict[int, float] = {}
         self.lag_ms: deque[float] = deque(maxlen=1000)  # commit-to-dispatch of the last rows
+        self.read_ms: deque[float] = deque(maxlen=1000)  # how long the last reads of new rows took
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -62,8 +63,8 @@ class EventFeed:
         async with self.pool.connection() as conn:
             row = await (await conn.execute("SELECT coalesce(max(id), 0) FROM stream_events")).fetchone()
         self.hub.cursor = int(row[0]) if row else 0  # live from now; older rows via Last-Event-ID
-        wake = self._redis_wakeups() if self.redis_url else self._pg_wakeups()
-        self._tasks = [asyncio.create_task(wake), asyncio.create_task(self._follow()),
+        wakes = [self._pg_wakeups(), *([self._redis_wakeups()] if self.redis_url else [])]
+        self._tasks = [*map(asyncio.create_task, wakes), asyncio.create_task(self._follow()),
                        asyncio.create_task(self._cleanup())]
 
     async def close(self) -> None:
@@ -90,7 +91,9 @@ class EventFeed:
     async def read_new(self) -> None:
         """Dispatch every row after the hub's cursor, a page at a time."""
         while True:
+            t0 = time.perf_counter()
             rows = await self._rows_after(self.hub.cursor, None, PAGE_ROWS)
+            self.read_ms.append((time.perf_counter() - t0) * 1000)
             self.reads += 1
             if not rows:
                 return

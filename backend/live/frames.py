@@ -8,6 +8,7 @@ grow in commit order (the row ids do, see migrations/0040_stream_events.sql), so
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import orjson
 
@@ -30,7 +31,7 @@ class StreamEvent:
         self.event_id = event_id
         self.device_id = device_id
         self.metric = metric
-        self.ts = ts
+        self.ts = utc_z(ts)
         self.value = value
         self.text = text
         self._frame: bytes | None = None
@@ -42,6 +43,16 @@ class StreamEvent:
                                  "value": self.value, "text": self.text})
             self._frame = b"id: %d\nevent: reading\ndata: %s\n\n" % (self.event_id, data)
         return self._frame
+
+
+def utc_z(ts: str) -> str:
+    """A timestamptz as jsonb wrote it (in the writer session's zone) -> UTC ending in Z."""
+    if ts.endswith("+00:00"):
+        return ts[:-6] + "Z"
+    try:
+        return datetime.fromisoformat(ts).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except ValueError:
+        return ts
 
 
 def event_id(row_id: int, index: int) -> int:

@@ -32,6 +32,9 @@ class Subscriber:
     missed_total: int = 0
     delivered: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Writes a chunk to the client's socket at once if it can take it now (the fast path:
+    # no coroutine switch per subscriber); None or False: queue it for the subscriber's pump.
+    sink: Callable[[bytes], bool] | None = None
     beat: bool = False  # a heartbeat is due
     idle: bool = True  # nothing was queued since the last heartbeat round
 
@@ -46,6 +49,10 @@ class Subscriber:
             self.missed += n
             self.missed_total += n
             self.wake.set()
+            return
+        if not self.chunks and not self.missed and self.sink is not None and self.sink(chunk):
+            self.delivered += n
+            self.idle = False
             return
         if self.missed:
             self.chunks.append((missed_frame(self.missed), 0))

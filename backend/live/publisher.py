@@ -1,4 +1,7 @@
-"""The writer's half of the stream: after a commit, wake every stream process (all instances).
+"""The writer's half of the stream with REDIS_URL: after a commit, wake every stream process.
+
+(Without Redis the wake-up is PostgreSQL's NOTIFY from inside the commit, migrations/0041;
+this publisher can send NOTIFY too, for a database where that trigger is not installed.)
 
 Registered with WriteObservers (backend/ingest/observers.py), so it runs after the buffer's
 and the replayer's commits. The committed readings are already in `stream_events` (written

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import orjson
@@ -28,6 +28,7 @@ PARAMS = {"token", "device_id", "metric", "last_event_id"}
 MAX_FILTER_VALUES = 100
 MAX_NAME_LEN = 200
 SEND_BUFFER_BYTES = 64 * 1024
+DIRECT_WRITE_LIMIT = 64 * 1024  # bytes waiting in the transport before the hub queues instead
 
 
 class StreamParamError(ValueError):
@@ -67,6 +68,23 @@ def _percentiles(values: Iterable[float]) -> dict[str, float | None]:
     return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1), "rows": len(ordered)}
 
 
+def _direct_sink(transport: asyncio.BaseTransport, chunked: bool) -> Callable[[bytes], bool]:
+    """Write a chunk straight to the socket when its buffer is below the limit: one call in
+    the hub's dispatch instead of waking a coroutine per subscriber. Framed as aiohttp
+    frames the rest of this response (HTTP/1.1 chunked transfer coding)."""
+    write_transport = transport if isinstance(transport, asyncio.WriteTransport) else None
+
+    def sink(data: bytes) -> bool:
+        if write_transport is None or write_transport.is_closing():
+            return False
+        if write_transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
+            return False  # the client is behind: the queue and its bound take over
+        write_transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        return True
+
+    return sink
+
+
 class StreamServer:
     def __init__(self, cfg: Config, hub: Hub, feed: EventFeed, tokens: StreamTokens) -> None:
         self.cfg = cfg
@@ -103,7 +121,8 @@ class StreamServer:
         return web.json_response({"status": "ok", "subscribers": self.hub.count, "cursor": self.hub.cursor,
                                   "dispatched_events": self.hub.dispatched_events, "wakeups": self.feed.wakeups,
                                   "missed_events": self.hub.missed_total(),
-                                  "lag_ms": _percentiles(self.feed.lag_ms)},
+                                  "lag_ms": _percentiles(self.feed.lag_ms),
+                                  "read_ms": _percentiles(self.feed.read_ms)},
                                  dumps=lambda o: orjson.dumps(o).decode())
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -145,6 +164,10 @@ class StreamServer:
             await resp.write(retry_frame(2000))
             if last is not None:
                 await self._catch_up(resp, sub, last)
+            if request.transport is not None:
+                # aiohttp chose the framing in prepare(): chunked for HTTP/1.1, none for 1.0.
+                chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+                sub.sink = _direct_sink(request.transport, chunked=chunked)
             await self._pump(resp, sub)
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
             pass
@@ -169,14 +192,18 @@ class StreamServer:
     async def _pump(self, resp: web.StreamResponse, sub: Subscriber) -> None:
         # No timer per wait (asyncio.wait_for makes a task each time, which at 500 streams
         # was a good part of the CPU): one heartbeat task for all streams sets `beat` instead.
+        # While the pump is inside a write, the hub must queue (order), so `sink` is unset.
+        sink = sub.sink
         while True:
             await sub.wake.wait()
             chunks = sub.take()
+            sub.sink = None
             if chunks:
                 await resp.write(b"".join(chunks))  # waits while the client's socket is full
             elif sub.beat:
                 await resp.write(HEARTBEAT)
             sub.beat = False
+            sub.sink = sink
 
     async def heartbeats(self) -> None:
         """Every STREAM_HEARTBEAT_S, wake each stream that sent nothing since the last beat."""

@@ -26,9 +26,12 @@ def init_stream(app: Flask, cfg: Config, database_url: str, observers: WriteObse
     from backend.api import stream as stream_api  # the blueprint; imports only Flask things
 
     publisher = CommitPublisher(database_url, cfg.redis_url)
-    observers.register(publisher)  # after the alert engine: wake-ups are the cheapest observer
-    publisher.start()
-    atexit.register(publisher.close)
+    if cfg.redis_url:
+        # PostgreSQL's own NOTIFY comes from the commit itself (migrations/0041); with Redis
+        # configured, the stream processes also listen there, woken after each commit.
+        observers.register(publisher)
+        publisher.start()
+        atexit.register(publisher.close)
     access = StreamAccess(cfg, LazyTokens(cfg, database_url), publisher)
     app.extensions[EXTENSION] = access
     app.register_blueprint(stream_api.bp)

@@ -61,7 +61,7 @@ class SSEReader:
     def _parse(self, resp: http.client.HTTPResponse) -> None:
         kind, data, eid = "message", [], None
         while True:
-            line = resp.fp.readline()
+            line = resp.readline()  # decoded: chunked framing must be right too
             if not line:
                 return
             line = line.decode().rstrip("\n")

@@ -73,3 +73,11 @@ def test_event_ids_address_a_reading_inside_a_row() -> None:
     assert evs[1].frame.startswith(b"id: 42000001\nevent: reading\ndata: ")
     assert orjson.loads(evs[1].frame.split(b"data: ")[1]) == {"device_id": "d", "metric": "n", "ts": "t",
                                                                "value": None, "text": "x"}
+
+
+def test_times_are_utc_with_z_whatever_zone_the_writer_had() -> None:
+    from backend.live.frames import utc_z
+
+    assert utc_z("2026-01-01T12:00:00.5+00:00") == "2026-01-01T12:00:00.5Z"
+    assert utc_z("2026-01-01T13:00:00+01:00") == "2026-01-01T12:00:00Z"
+    assert utc_z("2026-03-29T03:30:00.123456+02:00") == "2026-03-29T01:30:00.123456Z"

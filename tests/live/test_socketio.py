@@ -42,7 +42,7 @@ def test_seed002_post_reaches_a_socketio_client(server) -> None:
         r = server.post("/api/telemetry", json=message)
         assert r.status_code in (200, 201) and r.json()["status"] == "success", r.text
         (update,) = wait_for(lambda: rec.of("telemetry_update"), timeout=30)
-        assert update["timestamp"] == "2026-01-02T03:04:05+00:00"
+        assert update["timestamp"] == "2026-01-02T03:04:05Z"
         assert update["signals"] == message["signals"]
     finally:
         rec.client.disconnect()

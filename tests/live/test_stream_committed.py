@@ -64,7 +64,7 @@ def test_spooled_reading_is_streamed_once_when_replayed(make_server, db_proxy, d
         mark(database_url, "spool-1", 2)
         wait_for(lambda: marks(sub) == [1.0, 2.0], timeout=30)
         temps = [e.data for e in sub.readings() if e.data["metric"] == "temp"]
-        assert temps == [{"device_id": "spool-1", "metric": "temp", "ts": "2023-11-14T22:13:25+00:00",
+        assert temps == [{"device_id": "spool-1", "metric": "temp", "ts": "2023-11-14T22:13:25Z",
                           "value": 42.0, "text": None}]
     finally:
         sub.close()
