@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -17,8 +18,10 @@ from backend.live.secret import token_secret
 from backend.live.server import StreamServer
 from backend.live.socketio_bridge import SocketIOBridge
 from backend.live.tokens import StreamTokens
+from backend.ops.multiproc import ENV as MULTIPROC_ENV
 
 log = logging.getLogger("backend.live")
+
 
 
 async def serve(cfg: Config) -> None:
@@ -26,7 +29,7 @@ async def serve(cfg: Config) -> None:
     if not url:
         raise SystemExit("backend.live: DATABASE_URL is empty (gunicorn's master passes the embedded one)")
     tokens = StreamTokens(token_secret(cfg, url), cfg.stream_token_ttl_s)
-    hub = Hub(cfg.stream_queue_events)
+    hub = Hub(cfg.stream_queue_events, on_count=_subscriber_gauge())
     feed = EventFeed(url, hub, redis_url=cfg.redis_url, poll_s=cfg.stream_poll_s,
                      retention_s=cfg.stream_retention_s)
     app = web.Application()
@@ -52,6 +55,21 @@ async def serve(cfg: Config) -> None:
     beats.cancel()
     await runner.cleanup()
     await feed.close()
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # its subscribers no longer count
+
+
+def _subscriber_gauge() -> Callable[[int], None] | None:
+    """The instance's telemetry_stream_subscribers gauge, when gunicorn's master made the
+    metrics directory (backend/ops/multiproc.py): this process writes its own file there,
+    and /metrics, answered by a worker, adds it in."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return None
+    from backend.ops.metrics import Metrics
+
+    return Metrics().stream_subscribers.set
 
 
 async def _stop_when_orphaned(stop: asyncio.Event) -> None:

@@ -45,7 +45,8 @@ class EventFeed:
         self.poll_s = poll_s
         self.retention_s = retention_s
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False,
-                                        kwargs={"autocommit": True}, configure=self._configure)
+                                        kwargs={"autocommit": True, "prepare_threshold": None},
+                                        configure=self._configure)  # no prepared statements: poolers
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.wakeups = 0
@@ -192,18 +193,19 @@ class EventFeed:
     async def delete_expired(self) -> int:
         deleted = 0
         async with self.pool.connection() as conn:
-            got = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (CLEANUP_LOCK,))).fetchone()
-            if not got or not got[0]:
-                return 0
-            try:
-                while True:  # bounded batches: short transactions, no long lock on the table
+            while True:  # bounded batches: short transactions, no long lock on the table
+                # A transaction-level lock (one cleaner across processes and instances) that a
+                # transaction-mode pooler cannot leak, unlike a session lock.
+                async with conn.transaction():
+                    got = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)",
+                                                    (CLEANUP_LOCK,))).fetchone()
+                    if not got or not got[0]:
+                        return deleted
                     cur = await conn.execute(
                         "DELETE FROM stream_events WHERE id IN (SELECT id FROM stream_events"
                         " WHERE created_at < now() - make_interval(secs => %s) ORDER BY id LIMIT %s)",
                         (self.retention_s, CLEANUP_BATCH))
-                    deleted += cur.rowcount
-                    if cur.rowcount < CLEANUP_BATCH:
-                        return deleted
-                    await asyncio.sleep(0)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (CLEANUP_LOCK,))
+                deleted += cur.rowcount
+                if cur.rowcount < CLEANUP_BATCH:
+                    return deleted
+                await asyncio.sleep(0)

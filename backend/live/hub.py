@@ -76,8 +76,9 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, queue_events: int) -> None:
+    def __init__(self, queue_events: int, on_count: Callable[[int], None] | None = None) -> None:
         self.queue_events = queue_events
+        self._on_count = on_count  # told the number of open subscribers when it changes (/metrics)
         self.cursor = 0  # the last stream_events row id dispatched
         self._groups: dict[Filter, set[Subscriber]] = defaultdict(set)
         self._by_device: dict[str, set[Filter]] = defaultdict(set)  # device -> filters naming it
@@ -102,13 +103,19 @@ class Hub:
             for d in devices:
                 self._by_device[d].add(sub.key)
         group.add(sub)
+        self._counted()
         return sub
+
+    def _counted(self) -> None:
+        if self._on_count is not None:
+            self._on_count(self.count)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         group = self._groups.get(sub.key)
         if group is None:
             return
         group.discard(sub)
+        self._counted()
         if not group:
             del self._groups[sub.key]
             for d in sub.devices or ():
