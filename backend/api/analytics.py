@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +27,9 @@ MAX_FILLED_POINTS = 1_000_000
 
 # /telemetry/aggregate's parameters (GET /telemetry/export?kind=aggregate takes the same).
 AGGREGATE_PARAMS: tuple[Param, ...] = (
-    text_list("metric", max_len=MAX_NAME_LEN),  # one or several; required
+    # One or several; required (aggregate_answer says so: the parser checks `required` of single values only,
+    # the flag here is for the API description).
+    dataclasses.replace(text_list("metric", max_len=MAX_NAME_LEN), required=True),
     choice("bucket", BUCKET_NAMES, "1m"),
     choice("agg", AGGREGATES, "avg"),
     timestamp("start"),

@@ -112,9 +112,11 @@ def _operation(app: Flask, method: str, rule: str, endpoint: str, op: Operation)
                               "content": {mt: {"schema": s} for mt, s in op.body.items()}}
     responses: dict[str, Any] = {}
     for status, schema in sorted(op.responses.items()):
-        media = op.content_type if status < 400 else "application/json"
-        responses[str(status)] = {"description": "OK" if status < 300 else ERROR_TEXT.get(status, "see body"),
-                                  "content": {media: {"schema": schema}}}
+        entry: dict[str, Any] = {"description": "OK" if status < 300 else ERROR_TEXT.get(status, "see body")}
+        if schema is not None:  # None: an answer without a body (204, a redirect)
+            media = op.content_type if status < 400 else "application/json"
+            entry["content"] = {mt: {"schema": schema} for mt in ((media,) if isinstance(media, str) else media)}
+        responses[str(status)] = entry
     errors = {400, 429, 503, *op.errors}
     if scope != PUBLIC:
         errors |= {401, 403}

@@ -62,12 +62,13 @@ INGEST_BODY: dict[str, Schema] = {
 @dataclass(frozen=True)
 class Operation:
     summary: str
-    responses: dict[int, Schema]  # status -> JSON schema of the answer (2xx and route-specific errors)
+    # status -> JSON schema of the answer (2xx and route-specific errors); None: no body (204, a redirect)
+    responses: dict[int, Schema | None]
     description: str = ""
     tag: str = "telemetry"
     body: dict[str, Schema] | None = None  # media type -> schema
     body_required: bool = False
-    content_type: str = "application/json"  # of the 2xx answers
+    content_type: str | tuple[str, ...] = "application/json"  # of the 2xx answers (several: any of them)
     errors: tuple[int, ...] = ()  # statuses beyond the usual ones (404, 409, 413, 415 ...)
     headers: dict[str, Schema] = field(default_factory=dict)  # request headers
     # An answer that does not end (text/event-stream): marked `x-streaming`, which the

@@ -18,20 +18,41 @@ from backend.api.specs.common import (
     obj,
 )
 
-DEVICE_HEADER = {"X-Device-Id": {"type": "string", "description": "default device of readings that name none"}}
-INGEST_ERRORS = (403, 413, 415)
+IDEMPOTENCY_HEADER = {"Idempotency-Key": {"type": "string", "description": "a re-send with the same key gets the"
+                                                                           " first answer (Idempotency-Replayed: true)"}}
+DEVICE_HEADER = {"X-Device-Id": {"type": "string", "description": "default device of readings that name none"},
+                 **IDEMPOTENCY_HEADER}
+# 409: the same Idempotency-Key still in flight; 422: the key reused for another request.
+INGEST_ERRORS = (403, 409, 413, 415, 422)
 INGEST_RESPONSES = {200: INGEST_ANSWER, 207: INGEST_ANSWER, 400: {"anyOf": [ERROR, INGEST_ANSWER]}}
 INGEST_TEXT = ("A 2xx means durable: committed to PostgreSQL or fsync'd to the spool. 207: some readings"
                " were refused (listed); the others are stored. Duplicates (same device, metric, time and"
                " value) are counted, not stored again.")
 READING = obj("device_id", "metric", "ts", device_id=STR, metric=STR, ts=TIME, value=nullable(NUM),
               value_text=nullable(STR))
+AGGREGATE_ROW = obj("bucket", "value", "count", bucket=TIME, bucket_local={"type": "string", "description": (
+    "the bucket's start in `tz`, with its offset (only when tz is not UTC)")}, device_id=STR,
+    metric={"type": "string", "description": "only when several metrics were asked"}, value=nullable(NUM),
+    count=INT)
+AGGREGATE = envelope(
+    "data", "count", "metric", "metrics", "bucket", "agg", "start", "end",
+    metric={"anyOf": [STR, arr(STR)], "description": "the metric, or the list when several were asked"},
+    metrics=arr(STR), bucket=STR, agg=STR, tz=STR, fill=STR, group_by={"enum": ["device", "fleet"]},
+    start=TIME, end=TIME, source={"type": "string", "description": "raw, a rollup, or mixed"},
+    segments=arr(obj("source", "start", "end", source=STR, start=TIME, end=TIME)), count=INT,
+    data=arr(AGGREGATE_ROW))
+AGGREGATE_TEXT = ("One or several metrics (repeated or comma-separated), per device or for the fleet"
+                  " (group_by=fleet: rows without device_id), in buckets of `tz` (calendar buckets follow its"
+                  " days). `source`: which store answered (rollups where they cover the range, raw rows"
+                  " elsewhere; `segments` lists each part); source=raw reads raw rows only. `fill` makes a row"
+                  " for every bucket of every series; `downsample=n` keeps at most n buckets per series.")
 BATCH_STATUS = envelope(
     "pending_records", "batch_size", "written_total", "circuit",
     pending_records=INT, batch_size=INT, batch_full=BOOL, max_pending=INT, oldest_pending_age_s=NUM,
     written_total=INT, duplicates_total=INT, quarantined_total=INT, spooled_total=INT, flushes_total=INT,
     flushes_by_method=obj(), last_flush_at=nullable(TIME), last_error=nullable(STR), worker_pid=INT,
-    circuit=obj("state", state=STR), spool=OBJ, catalogue=OBJ, admission=OBJ,
+    last_flush_rows=nullable(INT), last_flush_ms=nullable(NUM), last_error_at=nullable(TIME),
+    circuit=obj("state", state=STR, open_workers=INT), spool=OBJ, catalogue=OBJ, admission=OBJ,
     scope={"enum": ["instance", "worker"]}, workers_live=INT,
     workers=arr(obj("pid", "live", pid=INT, live=BOOL, pending_records=INT, written_total=INT, circuit=STR)))
 
@@ -44,13 +65,13 @@ OPERATIONS = {
         headers=DEVICE_HEADER),
     ("GET", "/telemetry/query"): Operation(
         "Readings, filtered and paged", {200: listing(OBJ, limit=INT, offset=INT, order_by=STR, desc=BOOL,
-                                                      format=STR)},
-        "narrow: one row per reading; wide: one row per device and time with a column per metric."),
+                                                      format={"enum": ["narrow", "wide"]}, next=nullable(STR),
+                                                      downsample=INT)},
+        "narrow: one row per reading; wide: one row per device and time with a column per metric. A narrow"
+        " page's `next` (null on the last page) is the keyset cursor of the page after it: pass it back as"
+        " `next` with the same filters. `downsample=n` keeps at most n readings per series (LTTB)."),
     ("GET", "/telemetry/aggregate"): Operation(
-        "One metric in time buckets", {200: envelope("data", metric=STR, bucket=STR, agg=STR,
-                                                     start=nullable(TIME), end=nullable(TIME), count=INT,
-                                                     data=arr(obj(bucket=TIME, device_id=STR,
-                                                                  value=nullable(NUM), count=INT)))}),
+        "Metrics in time buckets", {200: AGGREGATE}, AGGREGATE_TEXT),
     ("POST", "/telemetry/batch/flush"): Operation(
         "Write the buffered readings now", {200: envelope("batch_status", message=STR, batch_status=OBJ)},
         tag="operations"),
