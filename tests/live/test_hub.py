@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import orjson
 from hypothesis import given, settings
@@ -29,6 +30,24 @@ def frames(chunks: list[bytes]) -> list[dict]:
 readings = st.lists(st.tuples(st.sampled_from(DEVICES), st.sampled_from(METRICS)), max_size=40)
 filters = st.tuples(st.none() | st.frozensets(st.sampled_from(DEVICES), min_size=1),
                     st.none() | st.frozensets(st.sampled_from(METRICS), min_size=1))
+
+
+def run_in_own_thread(coro_fn) -> None:
+    """asyncio.run in a thread of its own: the session's Playwright (tests/dashboard) keeps an
+    event loop on the main thread, where asyncio.run refuses to start another."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro_fn())
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
 
 
 @settings(max_examples=200, deadline=None)
@@ -63,7 +82,7 @@ def test_every_subscriber_gets_its_matches_in_order_or_a_count_of_what_it_missed
             hub.unsubscribe(sub)
         assert hub.count == 0
 
-    asyncio.run(run())
+    run_in_own_thread(run)
 
 
 def test_event_ids_address_a_reading_inside_a_row() -> None:
