@@ -575,7 +575,33 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
         ("last-100 query p99 < 50 ms", f"{q['last100']['p99_ms']:.1f} ms", q["last100"]["p99_ms"] < 50),
         ("24 h / 1 min aggregate p99 < 50 ms", f"{q['agg24h']['p99_ms']:.1f} ms", q["agg24h"]["p99_ms"] < 50),
         *(stream_targets(r) if "stream" in r else []),
+        *phase_targets(r),
     ]
+
+
+def phase_targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue 14's and 15's targets, from the phases' own results (bench/analytics.py, export.py,
+    line_protocol.py), so the table at the top says met or not for each of them too."""
+    out: list[tuple[str, str, bool]] = []
+    a = r.get("analytics")
+    if a:
+        for name, q in a["queries"].items():
+            limit = float(re.search(r"<\s*([\d.]+)\s*ms", q["target"]).group(1))  # "target p99 < 20 ms"
+            p99 = q["rollup"]["p99_ms"]
+            out.append((f"aggregate {name} p99 < {limit:g} ms (rollups; raw p99 {q['raw']['p99_ms']} ms)",
+                        f"{p99} ms", p99 < limit))
+        u = a["upkeep"]
+        out.append(("rollup upkeep costs <= 10% of batched ingest", f"{u['loss']:.1%}", u["loss"] <= 0.10))
+    e = r.get("export")
+    if e:
+        for fmt in ("csv", "ndjson"):
+            h = e[fmt]["http"]
+            out.append((f"export {fmt} >= {e['target_rows_per_s']:,} rows/s (psql COPY {e[fmt]['copy']['rows_per_s']:,.0f})",
+                        f"{h['rows_per_s']:,.0f}/s", h["rows_per_s"] >= e["target_rows_per_s"]))
+    lp = r.get("line_protocol")
+    if lp:
+        out.append((f"batched line protocol >= {lp['target']}x raw lines", f"{lp['ratio']:.2f}x", bool(lp["met"])))
+    return out
 
 
 def render(r: dict[str, Any]) -> str:
