@@ -30,6 +30,18 @@ from backend.fleet.auth.guard import refused_devices
 from backend.fleet.auth.keystore import Identity
 from backend.fleet.devices import DeviceError
 from backend.ingest import pipeline
+from backend.ingest.idempotency import (
+    Claimed,
+    IdempotencyStore,
+    IdempotencyUnavailable,
+    InFlight,
+    InvalidIdempotencyKey,
+    Mismatch,
+    Outcome,
+    StoredAnswer,
+    check_key,
+    fingerprint,
+)
 from backend.ingest.parsing import Parser
 from backend.ingest.parsing.base import InvalidValue
 from backend.ingest.parsing.teltonika import RegisterMap, TeltonikaParser
@@ -64,7 +76,7 @@ class Verdict:
 class MessageHandler:
     def __init__(self, settings: MqttSettings, ingest: IngestPipeline, pool: ConnectionPool, keys: KeyResolver,
                  quarantine: Quarantine, registers: RegisterMap, stopping: threading.Event,
-                 max_delay: float = 5.0) -> None:
+                 max_delay: float = 5.0, idempotency: IdempotencyStore | None = None) -> None:
         self.settings = settings
         self.pool = pool
         self.ingest = ingest
@@ -73,8 +85,42 @@ class MessageHandler:
         self.teltonika: Parser = TeltonikaParser(registers)
         self.stopping = stopping
         self.max_delay = max_delay
+        self.idempotency = idempotency
 
-    def handle(self, topic: str, payload: bytes, content_type: str | None = None) -> Verdict:
+    def handle(self, topic: str, payload: bytes, content_type: str | None = None,
+               idempotency_key: str | None = None) -> Verdict:
+        """With an Idempotency-Key (MQTT 5 user property), a re-sent message within the key's
+        lifetime is acknowledged and stores nothing again, as over HTTP (backend/ingest/idempotency.py).
+        The key is scoped by topic: a gateway re-sends on the topic it sent on."""
+        if idempotency_key is None or self.idempotency is None:
+            return self._handle(topic, payload, content_type)
+        try:
+            key = check_key(idempotency_key)
+        except InvalidIdempotencyKey as exc:
+            return self._refuse(topic, payload, str(exc))
+        try:
+            begun = self._retrying(self._begin, topic, key, payload)
+        except IdempotencyUnavailable as exc:  # only when stopping
+            return self._unacked(topic, f"idempotency store unavailable: {exc}")
+        if isinstance(begun, Mismatch):
+            return self._refuse(topic, payload, "Idempotency-Key: already used for a different message on this topic")
+        if not isinstance(begun, Claimed):  # a Replay: the first delivery was stored
+            log.info("mqtt message on %r: Idempotency-Key %r seen before; stored nothing again", topic[:200], key)
+            return Verdict(ack=True, durability="replayed")
+        verdict = self._handle(topic, payload, content_type)
+        if verdict.ack:
+            self.idempotency.finish(begun, StoredAnswer(200, b"", ""))
+        else:
+            self.idempotency.release(begun)
+        return verdict
+
+    def _begin(self, topic: str, key: str, payload: bytes) -> Outcome:
+        begun = self.idempotency.begin("mqtt:" + topic, key, fingerprint([topic.encode(), payload]))
+        if isinstance(begun, InFlight):  # another worker holds this key: wait for its answer
+            raise IdempotencyUnavailable("the first delivery with this key is still being stored")
+        return begun
+
+    def _handle(self, topic: str, payload: bytes, content_type: str | None) -> Verdict:
         try:
             where = route(self.settings, topic)
             device = self._retrying(self._device, where)
@@ -141,7 +187,8 @@ class MessageHandler:
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, DATABASE_ERRORS) or (isinstance(exc, IngestRefused) and exc.kind in TRANSIENT)
+    return (isinstance(exc, DATABASE_ERRORS + (IdempotencyUnavailable,))
+            or (isinstance(exc, IngestRefused) and exc.kind in TRANSIENT))
 
 
 def _sniff(payload: bytes) -> str:

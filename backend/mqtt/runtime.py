@@ -23,6 +23,7 @@ from backend.fleet.alerts.engine import AlertEngine
 from backend.fleet.alerts.webhooks import WebhookSender
 from backend.ingest.catalogue import FieldCatalogue
 from backend.ingest.guarded_pool import GuardedPool
+from backend.ingest.idempotency import IdempotencyStore
 from backend.ingest.observers import WriteObservers
 from backend.ingest.parsing.teltonika import RegisterMap
 from backend.ingest.pipeline import IngestPipeline
@@ -85,6 +86,7 @@ class IngestProcess:
     webhooks: WebhookSender
     handler: MessageHandler
     stopping: threading.Event
+    idempotency: IdempotencyStore
 
     @classmethod
     def build(cls, cfg: Config, settings: MqttSettings, registers: RegisterMap) -> IngestProcess:
@@ -100,17 +102,22 @@ class IngestProcess:
         alerts = AlertEngine(pool, webhooks, silence_check_s=cfg.alert_silence_check_s)
         observers.register(alerts.on_written)  # readings over MQTT open alerts like HTTP ones
         stopping = threading.Event()
+        idempotency = IdempotencyStore(pool, buffer.sink_available, ttl_s=cfg.idempotency_ttl_s,
+                                       wait_s=cfg.idempotency_wait_s)
         handler = MessageHandler(settings, IngestPipeline(cfg, buffer, catalogue), pool, KeyResolver(pool),
-                                 Quarantine(pool), registers, stopping, max_delay=min(5.0, cfg.retry_max_delay))
-        return cls(pool, write_path, alerts, webhooks, handler, stopping)
+                                 Quarantine(pool), registers, stopping, max_delay=min(5.0, cfg.retry_max_delay),
+                                 idempotency=idempotency)
+        return cls(pool, write_path, alerts, webhooks, handler, stopping, idempotency)
 
     def start(self) -> IngestProcess:
         self.write_path.start()
         self.alerts.start()
+        self.idempotency.start()  # the expiry sweep
         return self
 
     def close(self, timeout: float = 10.0) -> None:
         self.stopping.set()
+        self.idempotency.close()
         self.write_path.close(timeout)
         self.alerts.close()
         self.webhooks.close()

@@ -29,6 +29,7 @@ from backend.mqtt.handler import MessageHandler
 from backend.mqtt.settings import MqttSettings
 from backend.mqtt.topics import subscriptions
 
+IDEMPOTENCY_PROPERTY = "Idempotency-Key"
 log = logging.getLogger("backend.mqtt")
 
 
@@ -100,17 +101,20 @@ class Subscriber:
         if msg.qos and not self.acks.received(generation, msg.mid, msg.qos):
             return
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties else None
+        user = dict(getattr(msg.properties, "UserProperty", None) or []) if msg.properties else {}
+        key = user.get(IDEMPOTENCY_PROPERTY)  # MQTT 5 user property: the HTTP header's counterpart
         try:
-            self.workers.submit(self._handle, generation, msg.mid, msg.qos, msg.topic, msg.payload, content_type)
+            self.workers.submit(self._handle, generation, msg.mid, msg.qos, msg.topic, msg.payload, content_type,
+                                key)
         except RuntimeError:  # shutting down: not acknowledged, the broker delivers it again later
             pass
 
     # ---- worker threads ------------------------------------------------------------------
 
     def _handle(self, generation: int, mid: int, qos: int, topic: str, payload: bytes,
-                content_type: str | None) -> None:
+                content_type: str | None, idempotency_key: str | None = None) -> None:
         try:
-            verdict = self.handler.handle(topic, payload, content_type)
+            verdict = self.handler.handle(topic, payload, content_type, idempotency_key)
             ack = verdict.ack
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker nor come back forever
             log.exception("mqtt message on %r: unexpected error", topic[:200])

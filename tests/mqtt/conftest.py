@@ -20,6 +20,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -180,8 +182,13 @@ class Publisher:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: str | bytes, qos: int = 1, wait: bool = True) -> mqtt.MQTTMessageInfo:
-        info = self.client.publish(topic, payload, qos=qos)
+    def publish(self, topic: str, payload: str | bytes, qos: int = 1, wait: bool = True,
+                user: dict[str, str] | None = None) -> mqtt.MQTTMessageInfo:
+        props = None
+        if user:  # MQTT 5 user properties (e.g. Idempotency-Key)
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = list(user.items())
+        info = self.client.publish(topic, payload, qos=qos, properties=props)
         if wait:
             info.wait_for_publish(30)
             assert info.is_published(), f"broker did not acknowledge the publish to {topic}"

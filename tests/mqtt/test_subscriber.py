@@ -129,6 +129,34 @@ def test_resent_message_is_stored_once(db, broker, make_subscriber, make_publish
     assert rows(db) == [("tank-1", "level", at(T0), 3.5, None), ("tank-1", "level", at(T0 + 1), 3.75, None)]
 
 
+def test_idempotency_key_makes_a_resent_message_without_ts_a_no_op(db, broker, make_subscriber, make_publisher):
+    # Without a device time each delivery is timed by the server, so only the key can tell
+    # a re-send (after a lost PUBACK) from a new message with the same values.
+    make_subscriber(broker)
+    pub = make_publisher(broker.port)
+
+    def done_keys() -> list[str]:
+        return [r[0] for r in db.execute("SELECT idem_key FROM idempotency_keys WHERE state = 'done'"
+                                         " AND scope = 'mqtt:telemetry/tank-2' ORDER BY 1")]
+
+    for _ in range(3):
+        pub.publish("telemetry/tank-2", json.dumps({"level": 1.25}), user={"Idempotency-Key": "gw-7-msg-1"})
+    pub.publish("telemetry/tank-2", json.dumps({"level": 1.25}), user={"Idempotency-Key": "gw-7-msg-2"})
+    wait_for(lambda: done_keys() == ["gw-7-msg-1", "gw-7-msg-2"], 60, "both keys' first deliveries stored")
+    # A marker sent after the re-sends: once it is stored, so are they (or they never will be:
+    # a re-send of a stored key can only be answered from the key's record).
+    pub.publish("telemetry/tank-2", json.dumps({"ts": T0, "level": 2.0}))
+    wait_for(lambda: any(r[3] == 2.0 for r in rows(db, "tank-2")), 60, "the marker")
+    assert sorted(r[3] for r in rows(db, "tank-2")) == [1.25, 1.25, 2.0]  # msg-1 once, msg-2 once
+    # The key reused for another body: refused with the reason, acknowledged, nothing stored.
+    pub.publish("telemetry/tank-2", json.dumps({"level": 9.0}), user={"Idempotency-Key": "gw-7-msg-1"})
+    wait_for(lambda: any("Idempotency-Key" in q for q in quarantined(db)), 60, "the reused key refused")
+    # Without a key the same body is a new message (a new server time): stored again.
+    pub.publish("telemetry/tank-2", json.dumps({"level": 1.25}))
+    wait_for(lambda: len(rows(db, "tank-2")) == 4, 60, "the keyless re-send")
+    assert sorted(r[3] for r in rows(db, "tank-2")) == [1.25, 1.25, 1.25, 2.0]
+
+
 def test_bad_messages_are_acknowledged_logged_and_quarantined(db, broker, make_subscriber, make_publisher):
     sub = make_subscriber(broker)
     pub = make_publisher(broker.port)
