@@ -21,6 +21,7 @@ from backend.api import (
     metrics_routes,
     openapi,
     request_id,
+    stream,
     telemetry,
     thingsboard,
 )
@@ -46,7 +47,7 @@ from backend.store.pool import make_pool
 from backend.store.retention import RetentionPolicy
 
 # Every route's module; backend/api/openapi.py describes each of their routes.
-BLUEPRINTS = (health, telemetry, config_routes, flow_stats, thingsboard, metrics_routes, openapi, dashboard)
+BLUEPRINTS = (health, telemetry, config_routes, flow_stats, thingsboard, stream, metrics_routes, openapi, dashboard)
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:

@@ -23,8 +23,6 @@ class StreamAccess:
 
 
 def init_stream(app: Flask, cfg: Config, database_url: str, observers: WriteObservers) -> StreamAccess:
-    from backend.api import stream as stream_api  # the blueprint; imports only Flask things
-
     publisher = CommitPublisher(database_url, cfg.redis_url)
     if cfg.redis_url:
         # PostgreSQL's own NOTIFY comes from the commit itself (migrations/0041); with Redis
@@ -33,8 +31,7 @@ def init_stream(app: Flask, cfg: Config, database_url: str, observers: WriteObse
         publisher.start()
         atexit.register(publisher.close)
     access = StreamAccess(cfg, LazyTokens(cfg, database_url), publisher)
-    app.extensions[EXTENSION] = access
-    app.register_blueprint(stream_api.bp)
+    app.extensions[EXTENSION] = access  # read by backend/api/stream.py (its blueprint: app.BLUEPRINTS)
     return access
 
 
