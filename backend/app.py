@@ -14,10 +14,14 @@ from werkzeug.exceptions import HTTPException
 
 from backend import dashboard
 from backend.api import (
+    alerts,
     config_routes,
+    devices,
     export,
     flow_stats,
+    fluxio,
     health,
+    keys,
     metrics_routes,
     openapi,
     request_id,
@@ -47,7 +51,8 @@ from backend.store.pool import make_pool
 from backend.store.retention import RetentionPolicy
 
 # Every route's module; backend/api/openapi.py describes each of their routes.
-BLUEPRINTS = (health, telemetry, config_routes, flow_stats, thingsboard, stream, metrics_routes, openapi, dashboard)
+BLUEPRINTS = (health, telemetry, config_routes, devices, alerts, keys, fluxio, flow_stats, thingsboard, stream,
+              metrics_routes, openapi, dashboard)
 
 
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:

@@ -38,13 +38,12 @@ class Fleet:
 
 def init_fleet(app: Flask, cfg: Config, pool: ConnectionPool, observers: WriteObservers, limits: RateLimits,
                sink_available: Callable[[], bool]) -> Fleet:
-    """Build the fleet's objects, register its hooks and blueprints; returns them for shutdown.
+    """Build the fleet's objects and register its hooks; returns them for shutdown. Its routes
+    (backend/api/devices.py, alerts.py, keys.py, fluxio.py) are in app.BLUEPRINTS.
 
     `sink_available` is false while the write path knows the database is down: the key
     store then answers at once instead of waiting on it.
     """
-    from backend.api import alerts, devices, fluxio, keys
-
     if cfg.proxy_fix_hops > 0:
         # Behind nginx: take the client address from X-Forwarded-For (per-IP limits need it).
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -69,8 +68,6 @@ def init_fleet(app: Flask, cfg: Config, pool: ConnectionPool, observers: WriteOb
     app.extensions["fleet_keys"] = store
     app.extensions["fleet_alerts"] = engine
     app.extensions["fleet_limits"] = limits
-    for module in (devices, alerts, keys, fluxio):
-        app.register_blueprint(module.bp)
     store.start()
     engine.start()
     atexit.register(fleet.close)
