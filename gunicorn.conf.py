@@ -7,28 +7,35 @@ threads to keep its CPU busy while some requests wait on PostgreSQL.
 import multiprocessing
 import os
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY") or 0) or max(2, multiprocessing.cpu_count() + 1)
+
+def setting(name: str, default: str) -> str:
+    # Empty means "the default", as for the service's own settings: compose hands every
+    # setting over, unset ones as "" (docker-compose.yml).
+    return os.environ.get(name) or default
+
+
+bind = f"{setting('HOST', '127.0.0.1')}:{setting('PORT', '5000')}"
+workers = int(setting("WEB_CONCURRENCY", "0")) or max(2, multiprocessing.cpu_count() + 1)
 # gthread whose event loop reads each request before a thread runs it, so slow or idle clients
 # never hold a thread (issue 11; backend/http_worker.py, figures in docs/reliability.md).
 # GUNICORN_WORKER_CLASS=gthread is gunicorn's own, for comparison or TLS in gunicorn.
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or "backend.http_worker.BufferingThreadWorker"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+worker_class = setting("GUNICORN_WORKER_CLASS", "backend.http_worker.BufferingThreadWorker")
+threads = int(setting("GUNICORN_THREADS", "16"))
 # gthread keeps a keep-alive connection on the worker that accepted it, and one worker can
 # accept all of them (measured: 32 wrk connections, 1 of 3 workers busy). Capping the
 # connections per worker spreads clients across workers, and so across flushers and GILs.
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "0")) or 2 * threads
+worker_connections = int(setting("GUNICORN_WORKER_CONNECTIONS", "0")) or 2 * threads
 keepalive = 75  # nginx upstream keep-alive and gateways that reuse connections
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
+timeout = int(setting("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = int(setting("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+max_requests = int(setting("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = int(setting("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 # JSON lines for the error and access logs, like the application's (backend/ops/logs.py).
-if (os.environ.get("LOG_FORMAT") or "json").lower() == "json":
+if setting("LOG_FORMAT", "json").lower() == "json":
     logger_class = "backend.ops.logs.JsonGunicornLogger"
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = setting("LOG_LEVEL", "info").lower()
 wsgi_app = "backend:create_app()"
 # Several instances (tests, benchmarks) run side by side; the shared control socket would clash.
 control_socket_disable = True
