@@ -663,6 +663,10 @@ def render(r: dict[str, Any]) -> str:
                  f" ({svc['wrk_cpu_s'] / max(svc['machine_busy_s'], 1e-9):.0%} of the busy CPU) | bare run:"
                  f" {bare['wrk_cpu_s'] / max(bare['seconds'], 1e-9):.2f} cores | | | |")
 
+    # Every target in one list, the later issues' phases (stream, rollups, export, line protocol)
+    # included: the table above has only the ingest and query rows.
+    lines += ["", "### Every target", "", "| Target | Measured | Met |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets(r)]
     lines += ["", "### Single-message ingest (wrk, one raw string of 4 readings per request)", "",
               f"wrk {p['wrk_threads']} threads, {p['connections']} keep-alive connections. Three gunicorn servers run"
               " side by side (the `?store=false` runs use the service's) and the four configurations take turns:"

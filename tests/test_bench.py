@@ -78,3 +78,6 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
         assert w["p99_ms"] > 0 and w["missed"] == 0, w
     text = out.read_text()
     assert "| Measurement |" in text and "Machine and settings" in text
+    every = text.split("### Every target", 1)[1].split("###", 1)[0]  # one row per target, met or not
+    assert [line.split(" | ")[0].lstrip("| ") for line in every.splitlines() if line.startswith("| ")][1:] \
+        == [t["target"] for t in r["targets"]]

@@ -165,6 +165,11 @@ def test_page_works_with_everything_but_the_service_blocked(browser, dash_server
         page.wait_for_function("() => Number(document.getElementById('h-written').textContent) > 0"
                                " && parseFloat(document.getElementById('h-rate').textContent) > 0", timeout=20_000)
         shot(page, "health.png")
+    is_red = "() => document.getElementById('h-rejected-card').classList.contains('bad')"
+    assert not page.evaluate(is_red), "nothing was rejected, yet the Rejected card is red"
+    bad = dash_server.post("/api/telemetry", json={"device_id": "sim-1", "signals": {"roll": "level"}})
+    assert bad.status_code == 400, bad.text
+    page.wait_for_function(is_red, timeout=20_000)
     assert blocked == [], f"requests to other hosts: {blocked}"
     assert requested and all(urlsplit(u).netloc in service for u in requested if not u.startswith("data:"))
     assert failed == []

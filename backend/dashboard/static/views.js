@@ -183,11 +183,16 @@ export class HealthView {
     this.prev = { t: now, counted };
     const set = (id, text) => { document.getElementById(id).textContent = text; };
     set("h-written", sums.written_total);
+    let rejected;
     if (metrics && metrics.rejected !== null) {
+      rejected = metrics.rejected + (metrics.refusedRequests ?? 0);
       set("h-rejected", `${metrics.rejected} readings · ${metrics.refusedRequests ?? 0} requests`);
     } else {
+      rejected = sums.refused_total + sums.failed_total + sums.quarantined_total;
       set("h-rejected", `${sums.refused_total + sums.failed_total} refused · ${sums.quarantined_total} quarantined`);
     }
+    // Red only when something was rejected: a red zero reads as an alarm.
+    document.getElementById("h-rejected-card").classList.toggle("bad", rejected > 0);
     set("h-buffer", `${sums.pending_records} / ${status.max_pending}`);
     const spool = status.spool || {};
     set("h-spool", spool.enabled === false ? "off" : `${spool.depth_bytes ?? 0} B`);
