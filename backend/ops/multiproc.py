@@ -55,14 +55,15 @@ def _fresh_directory() -> Path:
         parent.mkdir(mode=0o700, exist_ok=True)
         for old in parent.iterdir():
             owner = old.name.split("-", 1)[0]
-            if owner.isdigit() and not _alive(int(owner)):
+            if owner.isdigit() and not alive(int(owner)):
                 shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
     except OSError:  # another user's parent, a read-only /tmp: a plain temporary directory
         return Path(tempfile.mkdtemp(prefix="telemetry-metrics-"))
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process of this id exists (a directory or status file of a dead one is stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

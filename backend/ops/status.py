@@ -26,21 +26,12 @@ from backend.ingest.buffer import BatchBuffer
 from backend.ingest.catalogue import FieldCatalogue
 from backend.ingest.spool import Spool
 from backend.ops.metrics import circuit_level
+from backend.ops.multiproc import alive
 
 SUMMED_LEVELS = ("pending_records",)
 MAXED = ("oldest_pending_age_s",)
 SPOOL_SUMMED_LEVELS = ("own_pending_records", "own_pending_readings")
 SPOOL_MAXED = ("depth_bytes", "depth_segments", "worker_dirs", "oldest_unflushed_age_s")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_workers(status_dir: Path | None, own_pid: int) -> list[tuple[int, bool, dict[str, Any]]]:
