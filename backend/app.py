@@ -30,7 +30,6 @@ from backend.api import (
     thingsboard,
 )
 from backend.api.doors import init_doors
-from backend.api.health import HealthCheck
 from backend.api.responses import error_response, unexpected_error_response
 from backend.config import Config
 from backend.fleet import init_fleet
@@ -42,6 +41,7 @@ from backend.ingest.observers import WriteObservers
 from backend.ingest.write_path import WritePath
 from backend.live.wiring import init_stream
 from backend.ops import logs, requests
+from backend.ops.health import HealthCheck
 from backend.ops.wiring import build_ops
 from backend.services import Services
 from backend.store.database import Database

@@ -10,7 +10,6 @@ from flask import Flask, current_app
 if TYPE_CHECKING:  # the types only: these modules import services() themselves
     from psycopg_pool import ConnectionPool
 
-    from backend.api.health import HealthCheck
     from backend.config import Config
     from backend.fleet import Fleet
     from backend.ingest.admission import InFlight
@@ -19,6 +18,7 @@ if TYPE_CHECKING:  # the types only: these modules import services() themselves
     from backend.ingest.pipeline import IngestEvents
     from backend.ingest.spool import Spool
     from backend.ingest.write_path import WritePath
+    from backend.ops.health import HealthCheck
     from backend.ops.wiring import Ops
     from backend.store.database import Database
     from backend.store.maintenance import Maintenance

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
-from backend.api.health import INFLUX_COMPAT_VERSION
 from backend.api.idempotent import with_idempotency
 from backend.api.ingest_http import REQUEST_ADMISSION, read_body, refusal_response
 from backend.api.params import accepts, boolean, choice, text
@@ -30,6 +29,7 @@ from backend.ingest.device_tags import DeviceTags
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN
 from backend.ingest.parsing.line_protocol import V1_PRECISIONS, V2_PRECISIONS, LineProtocolParser
 from backend.ingest.pipeline import IngestOutcome, IngestPipeline, IngestRefused, IngestRequest
+from backend.ops.health import INFLUX_COMPAT_VERSION
 from backend.services import services
 
 bp = Blueprint("lineproto", __name__)
