@@ -109,21 +109,45 @@ class Container:
         docker("rm", "-f", "-v", self.name, check=False)
 
 
-def reachable(database_url: str) -> tuple[str, tuple[str, ...]]:
-    """The URL as a host-network container sees it; a Unix socket directory is mounted in."""
-    host = psycopg.conninfo.conninfo_to_dict(database_url).get("host") or ""
-    return database_url, ((f"{host}:{host}",) if str(host).startswith("/") else ())
+@pytest.fixture(scope="module")
+def db_url(database_url: str) -> Iterator[str]:
+    """The test database as a container reaches it: over TCP on 127.0.0.1. The embedded PostgreSQL
+    listens only on a socket in a directory the image's user may not enter: socat bridges it."""
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    host = str(info.get("host") or "")
+    if not host.startswith("/"):
+        yield database_url
+        return
+    if shutil.which("socat") is None:
+        pytest.skip("the test database is on a Unix socket and socat (Debian package socat) is missing to bridge it")
+    port = free_port()
+    socket_path = f"{host}/.s.PGSQL.{info.get('port') or 5432}"
+    bridge = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{socket_path}"])
+    try:
+        url = psycopg.conninfo.make_conninfo(**{**info, "host": "127.0.0.1", "port": str(port)})
+
+        def answers() -> bool:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                return True
+            except psycopg.OperationalError:
+                return False
+
+        wait_for(answers, timeout=20, interval=0.2)
+        yield url
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
 
 
 @pytest.fixture(scope="module")
-def server(images: dict[str, str], database_url: str, tmp_path_factory) -> Iterator[dict[str, Any]]:
+def server(images: dict[str, str], db_url: str) -> Iterator[dict[str, Any]]:
     """The server image running against the session's test database, healthy by its own HEALTHCHECK."""
-    url, mounts = reachable(database_url)
     port, stream_port = free_port(), free_port()
     key = "image-test-admin-" + os.urandom(16).hex()
-    box = Container(images["server"], {"DATABASE_URL": url, "HOST": "127.0.0.1", "PORT": str(port),
+    box = Container(images["server"], {"DATABASE_URL": db_url, "HOST": "127.0.0.1", "PORT": str(port),
                                        "STREAM_HOST": "127.0.0.1", "STREAM_PORT": str(stream_port),
-                                       "ADMIN_API_KEY": key, "WEB_CONCURRENCY": "2"}, mounts=mounts)
+                                       "ADMIN_API_KEY": key, "WEB_CONCURRENCY": "2"})
     try:
         def healthy() -> bool:
             state = box.state()
@@ -135,7 +159,7 @@ def server(images: dict[str, str], database_url: str, tmp_path_factory) -> Itera
         except AssertionError:
             raise AssertionError("not healthy in 120 s:\n" + json.dumps(box.state()["Health"])[-2000:]
                                  + "\n" + box.logs()[-3000:]) from None
-        yield {"url": f"http://127.0.0.1:{port}", "key": key, "container": box, "database_url": database_url}
+        yield {"url": f"http://127.0.0.1:{port}", "key": key, "container": box, "database_url": db_url}
         code = box.stop()
         assert code == 0, "the server did not stop cleanly on SIGTERM:\n" + box.logs()[-3000:]
     finally:
@@ -197,7 +221,7 @@ def test_the_server_is_healthy_by_its_own_health_check_and_ingests(server, image
     assert rows(server["database_url"], "image-test-api") == [("flow_rate", 1.5)]
 
 
-def test_the_mqtt_image_subscribes_and_stores(images, database_url, tmp_path):
+def test_the_mqtt_image_subscribes_and_stores(images, db_url, tmp_path):
     tag = images["mqtt"]
     assert inspect(tag, "Config.Cmd") == ["python", "-m", "backend.mqtt"]
     assert inspect(tag, "Config.Healthcheck")["Test"] == ["NONE"]  # no HTTP port of its own
@@ -208,17 +232,16 @@ def test_the_mqtt_image_subscribes_and_stores(images, database_url, tmp_path):
     if not os.path.exists(MOSQUITTO):
         pytest.skip(f"no mosquitto at {MOSQUITTO} (Debian package mosquitto): the subscriber was only started with --help")
     broker = Broker(tmp_path)
-    url, mounts = reachable(database_url)
-    box = Container(tag, {"DATABASE_URL": url, "MQTT_BROKER_URL": broker.url, "MQTT_CLIENT_ID": "image-test",
-                          "FLUSH_INTERVAL": "0.05"}, mounts=mounts)
+    box = Container(tag, {"DATABASE_URL": db_url, "MQTT_BROKER_URL": broker.url, "MQTT_CLIENT_ID": "image-test",
+                          "FLUSH_INTERVAL": "0.05"})
     try:
         wait_for(lambda: "mqtt connected" in box.logs() or not box.state()["Running"], timeout=60, interval=0.5)
         assert box.state()["Running"], box.logs()[-3000:]
         pub = Publisher(broker.port)
         pub.publish("telemetry/image-test-mqtt", json.dumps({"ts": int(time.time() * 1000), "level": 2.25}))
         pub.close()
-        wait_for(lambda: rows(database_url, "image-test-mqtt"), timeout=30, interval=0.2)
-        assert rows(database_url, "image-test-mqtt") == [("level", 2.25)]
+        wait_for(lambda: rows(db_url, "image-test-mqtt"), timeout=30, interval=0.2)
+        assert rows(db_url, "image-test-mqtt") == [("level", 2.25)]
         assert box.stop() == 0, box.logs()[-3000:]
     finally:
         box.remove()
