@@ -3,9 +3,9 @@
 # what the server image holds (pip list), the unprivileged user, the server's HEALTHCHECK turning
 # healthy against PostgreSQL, the MQTT subscriber storing a message from a real Mosquitto, and the
 # edge poller reading a simulated Modbus device and forwarding through the server image.
-# Not part of `make test` (it needs root, dockerd and debootstrap, and starts an engine): measured
-# here (2 cores) 2.5 minutes from nothing, 1.5 of them for the local base, and 1 minute once the
-# base and the layers are in the engine's data directory.
+# Not part of `make test` (it needs root, dockerd and debootstrap, and starts an engine). Measured
+# here (2 cores): 2.5 minutes from nothing (1.5 of them for the local base), 35 s once the base
+# and the layers are in the engine's data directory.
 #   docker/check-images.sh [pytest args]
 # Uses the engine at DOCKER_HOST (or the default socket) if one answers, otherwise starts a
 # private one (docker/engine.sh, root and Debian's docker.io needed) and stops it at the end.
