@@ -42,7 +42,14 @@ stop)
   [ -f "$pidfile" ] || { echo "engine.sh: no engine in $dir" >&2; exit 0; }
   pid="$(cat "$pidfile")"
   kill "$pid" 2>/dev/null || true
-  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
+  for _ in $(seq 60); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      # dockerd leaves its default network namespace mounted, which keeps DIR from being removed
+      for ns in "$dir"/exec/netns/*; do mountpoint -q "$ns" 2>/dev/null && umount "$ns"; done
+      exit 0
+    fi
+    sleep 0.5
+  done
   echo "engine.sh: dockerd $pid still running" >&2; exit 1
   ;;
 *) echo "usage: engine.sh start|stop [DIR]" >&2; exit 2 ;;
