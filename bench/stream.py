@@ -36,7 +36,7 @@ import requests
 from backend.live.frames import ROW_SPAN
 
 from .load import percentile, post_all
-from .server import ROOT, Gunicorn, free_port
+from .server import ROOT, Gunicorn, ProcWatch, free_port
 
 DEVICES = 500
 PER_CLIENT_PROCESS = 100
@@ -135,6 +135,17 @@ def _stream_process(srv: Gunicorn) -> psutil.Process | None:
     return None
 
 
+def _cores_used(w: dict[str, float], stream_s: float, clients_s: float) -> dict[str, float]:
+    """Cores (CPU seconds / wall seconds) each group used while the ingest ran: where the two
+    cores went. ProcWatch's "server" is gunicorn's master and children, the stream process
+    among them; "bench" is this process (the ingest clients and the probe)."""
+    wall = max(w["wall_s"], 1e-9)
+    return {"gunicorn": round((w["server_cpu_s"] - stream_s) / wall, 2), "stream": round(stream_s / wall, 2),
+            "subscriber_clients": round(clients_s / wall, 2), "postgres": round(w["postgres_cpu_s"] / wall, 2),
+            "ingest_clients": round(w["bench_cpu_s"] / wall, 2), "other": round(w["other_cpu_s"] / wall, 2),
+            "stolen": round(w["steal_s"] / wall, 2), "wall_s": w["wall_s"]}
+
+
 def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: str, stream_url: str,
             base: float, log: Callable[[str], None]) -> dict[str, Any]:
     # Subscribers in processes of at most PER_CLIENT_PROCESS each, as browsers would be in
@@ -158,16 +169,20 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
     client_procs = [psutil.Process(p.pid) for p in procs]
     cpu0 = (_cpu(streamer), sum(map(_cpu, client_procs)))
     work = _work(srv, plan, base)
-    with Probe(srv.url, srv.api_key, plan.probe_interval_s, base - 600) as probe:
+    with ProcWatch(srv, database_url) as watch, \
+            Probe(srv.url, srv.api_key, plan.probe_interval_s, base - 600) as probe:
         t0 = time.perf_counter()
         run = post_all(srv.url, "/telemetry/parse", work)
         seconds = time.perf_counter() - t0
+        stream_ingest_s = _cpu(streamer) - cpu0[0]
+        clients_ingest_s = sum(map(_cpu, client_procs)) - cpu0[1]
     out: dict[str, Any] = {
         "subscribers": n, "readings": plan.readings, "ok": run.ok, "requests": run.requests,
         "errors": run.errors[:3], "seconds": round(seconds, 3),
         "readings_per_s": plan.readings * run.ok / max(run.requests, 1) / seconds,
         "ack_p99_ms": percentile(run.latencies_ms, 99), "probes_sent": probe.sent, "probes_failed": probe.failed,
         "load_average_1m": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
+        "cores": _cores_used(watch.summary(), stream_ingest_s, clients_ingest_s),
     }
     if procs:
         time.sleep(1.0)  # the last probes' events are on their way (latency is measured, not this)
@@ -206,10 +221,10 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
             f" in the stream process, commit-to-dispatch {out['server_lag_ms']}, reads {out['server_read_ms']})"
             f" ({len(lat)} probe events of {probe.sent * n}); ingest {out['readings_per_s']:,.0f} readings/s;"
             f" missed {res['missed']}; stream CPU {out['stream_cpu_s']} s, clients CPU {out['clients_cpu_s']} s;"
-            f" load average {out['load_average_1m']}")
+            f" load average {out['load_average_1m']}; cores {out['cores']}")
     else:
         log(f"stream 0 subscribers: ingest {out['readings_per_s']:,.0f} readings/s"
-            f" (load average {out['load_average_1m']})")
+            f" (load average {out['load_average_1m']}; cores {out['cores']})")
     return out
 
 
