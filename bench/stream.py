@@ -39,7 +39,7 @@ from .load import percentile, post_all
 from .server import ROOT, Gunicorn, ProcWatch, free_port
 
 DEVICES = 500
-PER_CLIENT_PROCESS = 100
+PER_CLIENT_PROCESS = 500
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,10 @@ def _cores_used(w: dict[str, float], stream_s: float, clients_s: float) -> dict[
 
 def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: str, stream_url: str,
             base: float, log: Callable[[str], None]) -> dict[str, Any]:
-    # Subscribers in processes of at most PER_CLIENT_PROCESS each, as browsers would be in
-    # many processes: one Python process reading 500 sockets in turn would add its own queue
-    # to the latency it measures.
+    # Subscribers in processes of at most PER_CLIENT_PROCESS each. They share the 2 cores with
+    # what they measure, so they are as cheap as clients can be (bench/stream_clients.py: bare
+    # protocols, one process, one epoll for all sockets); reading 500 sockets in turn adds
+    # at most a few ms of its own queue to the latency, far less than 5 processes' CPU did.
     procs: list[subprocess.Popen[str]] = []
     for first in range(0, n, PER_CLIENT_PROCESS):
         procs.append(subprocess.Popen(
