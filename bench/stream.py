@@ -167,6 +167,7 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
     if ready != n:
         raise RuntimeError(f"only {ready} of {n} subscribers connected")
     streamer = _stream_process(srv)
+    health0 = requests.get(stream_url + "/health", timeout=10).json()
     client_procs = [psutil.Process(p.pid) for p in procs]
     cpu0 = (_cpu(streamer), sum(map(_cpu, client_procs)))
     work = _work(srv, plan, base)
@@ -189,6 +190,10 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
         time.sleep(1.0)  # the last probes' events are on their way (latency is measured, not this)
         health = requests.get(stream_url + "/health", timeout=10).json()
         out["server_lag_ms"], out["server_read_ms"] = health["lag_ms"], health["read_ms"]
+        # Per second of ingest: reads that found rows, and chunks handed to subscribers (socket
+        # writes, each one a recv() in a client): the counts the stream's CPU follows.
+        for k in ("dispatches", "offers", "wakeups"):
+            out[f"{k}_per_s"] = round((health.get(k, 0) - health0.get(k, 0)) / seconds, 1)
         out["stream_cpu_s"] = round(_cpu(streamer) - cpu0[0], 2)
         out["clients_cpu_s"] = round(sum(map(_cpu, client_procs)) - cpu0[1], 2)
         res: dict[str, Any] = {"readings": 0, "missed": 0, "probes": [], "errors": []}
@@ -219,7 +224,9 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
         log(f"stream {n} subscribers: commit-to-event p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms"
             f" (ack-to-event p50 {out['ack_to_event_p50_ms']:.1f} p99 {out['ack_to_event_p99_ms']:.1f},"
             f" send-to-event p50 {out['send_to_event_p50_ms']:.1f} p99 {out['send_to_event_p99_ms']:.1f};"
-            f" in the stream process, commit-to-dispatch {out['server_lag_ms']}, reads {out['server_read_ms']})"
+            f" in the stream process, commit-to-dispatch {out['server_lag_ms']}, reads {out['server_read_ms']};"
+            f" per s: {out['wakeups_per_s']} wake-ups, {out['dispatches_per_s']} dispatches,"
+            f" {out['offers_per_s']} subscriber writes)"
             f" ({len(lat)} probe events of {probe.sent * n}); ingest {out['readings_per_s']:,.0f} readings/s;"
             f" missed {res['missed']}; stream CPU {out['stream_cpu_s']} s, clients CPU {out['clients_cpu_s']} s;"
             f" load average {out['load_average_1m']}; cores {out['cores']}")

@@ -36,7 +36,8 @@ def summary(s: dict[str, Any]) -> str:
     for n, w in s["with"].items():
         parts.append(f"{n} subs: p50 {w['p50_ms']:.0f} p99 {w['p99_ms']:.0f} ms, {w['readings_per_s']:,.0f}/s"
                      f" = {1 - w['ingest_loss']:.0%}, missed {w['missed']}, probes {w['probe_events']}"
-                     f"/{w['expected_probe_events']}, load {w['load_average_1m']}, cores {w['cores']}")
+                     f"/{w['expected_probe_events']}, {w.get('dispatches_per_s')} dispatches/s,"
+                     f" {w.get('offers_per_s')} writes/s, load {w['load_average_1m']}, cores {w['cores']}")
     return "\n  ".join(parts)
 
 

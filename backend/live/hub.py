@@ -86,6 +86,8 @@ class Hub:
         self._undevice = 0  # open filters without devices (they need every reading encoded)
         self._listeners: list[tuple[Listener, Callable[[], bool]]] = []
         self.dispatched_events = 0
+        self.dispatches = 0  # reads that found new rows
+        self.offers = 0  # chunks offered to subscribers: each a socket write or a queued chunk
 
     @property
     def count(self) -> int:
@@ -146,6 +148,7 @@ class Hub:
             return
         self.cursor = max(self.cursor, rows[-1][0])
         self.dispatched_events += sum(len(readings) for _, readings in rows)
+        self.dispatches += 1
         selected: dict[Filter, list[bytes]] = {}
         by_device = self._by_device
         flat: list[tuple[object, object, bytes]] | None = None  # every reading, for filters without devices
@@ -189,6 +192,7 @@ class Hub:
                 everything = everything or b"".join(f for _, _, f in flat)
                 for sub in subs:
                     sub.offer(everything, len(flat))
+                self.offers += len(subs)
                 continue
             else:
                 frames = [f for _, m, f in flat if m in metrics]
@@ -196,6 +200,7 @@ class Hub:
                 chunk = b"".join(frames)
                 for sub in subs:
                     sub.offer(chunk, len(frames))
+                self.offers += len(subs)
         if any(active() for _, active in self._listeners):
             events = [e for row_id, readings in rows for e in events_of_row(row_id, readings)]
             for listener, active in self._listeners:
