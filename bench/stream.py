@@ -36,10 +36,10 @@ import requests
 from backend.live.frames import ROW_SPAN
 
 from .load import percentile, post_all
-from .server import ROOT, Gunicorn, free_port
+from .server import ROOT, Gunicorn, ProcWatch, free_port
 
 DEVICES = 500
-PER_CLIENT_PROCESS = 100
+PER_CLIENT_PROCESS = 500
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,23 @@ def _stream_process(srv: Gunicorn) -> psutil.Process | None:
     return None
 
 
+def _cores_used(w: dict[str, float], stream_s: float, clients_s: float) -> dict[str, float]:
+    """Cores (CPU seconds / wall seconds) each group used while the ingest ran: where the two
+    cores went. ProcWatch's "server" is gunicorn's master and children, the stream process
+    among them; "bench" is this process (the ingest clients and the probe)."""
+    wall = max(w["wall_s"], 1e-9)
+    return {"gunicorn": round((w["server_cpu_s"] - stream_s) / wall, 2), "stream": round(stream_s / wall, 2),
+            "subscriber_clients": round(clients_s / wall, 2), "postgres": round(w["postgres_cpu_s"] / wall, 2),
+            "ingest_clients": round(w["bench_cpu_s"] / wall, 2), "other": round(w["other_cpu_s"] / wall, 2),
+            "stolen": round(w["steal_s"] / wall, 2), "wall_s": w["wall_s"]}
+
+
 def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: str, stream_url: str,
             base: float, log: Callable[[str], None]) -> dict[str, Any]:
-    # Subscribers in processes of at most PER_CLIENT_PROCESS each, as browsers would be in
-    # many processes: one Python process reading 500 sockets in turn would add its own queue
-    # to the latency it measures.
+    # Subscribers in processes of at most PER_CLIENT_PROCESS each. They share the 2 cores with
+    # what they measure, so they are as cheap as clients can be (bench/stream_clients.py: bare
+    # protocols, one process, one epoll for all sockets); reading 500 sockets in turn adds
+    # at most a few ms of its own queue to the latency, far less than 5 processes' CPU did.
     procs: list[subprocess.Popen[str]] = []
     for first in range(0, n, PER_CLIENT_PROCESS):
         procs.append(subprocess.Popen(
@@ -155,24 +167,33 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
     if ready != n:
         raise RuntimeError(f"only {ready} of {n} subscribers connected")
     streamer = _stream_process(srv)
+    health0 = requests.get(stream_url + "/health", timeout=10).json()
     client_procs = [psutil.Process(p.pid) for p in procs]
     cpu0 = (_cpu(streamer), sum(map(_cpu, client_procs)))
     work = _work(srv, plan, base)
-    with Probe(srv.url, srv.api_key, plan.probe_interval_s, base - 600) as probe:
+    with ProcWatch(srv, database_url) as watch, \
+            Probe(srv.url, srv.api_key, plan.probe_interval_s, base - 600) as probe:
         t0 = time.perf_counter()
         run = post_all(srv.url, "/telemetry/parse", work)
         seconds = time.perf_counter() - t0
+        stream_ingest_s = _cpu(streamer) - cpu0[0]
+        clients_ingest_s = sum(map(_cpu, client_procs)) - cpu0[1]
     out: dict[str, Any] = {
         "subscribers": n, "readings": plan.readings, "ok": run.ok, "requests": run.requests,
         "errors": run.errors[:3], "seconds": round(seconds, 3),
         "readings_per_s": plan.readings * run.ok / max(run.requests, 1) / seconds,
         "ack_p99_ms": percentile(run.latencies_ms, 99), "probes_sent": probe.sent, "probes_failed": probe.failed,
         "load_average_1m": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
+        "cores": _cores_used(watch.summary(), stream_ingest_s, clients_ingest_s),
     }
     if procs:
         time.sleep(1.0)  # the last probes' events are on their way (latency is measured, not this)
         health = requests.get(stream_url + "/health", timeout=10).json()
         out["server_lag_ms"], out["server_read_ms"] = health["lag_ms"], health["read_ms"]
+        # Per second of ingest: reads that found rows, and chunks handed to subscribers (socket
+        # writes, each one a recv() in a client): the counts the stream's CPU follows.
+        for k in ("dispatches", "offers", "wakeups"):
+            out[f"{k}_per_s"] = round((health.get(k, 0) - health0.get(k, 0)) / seconds, 1)
         out["stream_cpu_s"] = round(_cpu(streamer) - cpu0[0], 2)
         out["clients_cpu_s"] = round(sum(map(_cpu, client_procs)) - cpu0[1], 2)
         res: dict[str, Any] = {"readings": 0, "missed": 0, "probes": [], "errors": []}
@@ -203,13 +224,15 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
         log(f"stream {n} subscribers: commit-to-event p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms"
             f" (ack-to-event p50 {out['ack_to_event_p50_ms']:.1f} p99 {out['ack_to_event_p99_ms']:.1f},"
             f" send-to-event p50 {out['send_to_event_p50_ms']:.1f} p99 {out['send_to_event_p99_ms']:.1f};"
-            f" in the stream process, commit-to-dispatch {out['server_lag_ms']}, reads {out['server_read_ms']})"
+            f" in the stream process, commit-to-dispatch {out['server_lag_ms']}, reads {out['server_read_ms']};"
+            f" per s: {out['wakeups_per_s']} wake-ups, {out['dispatches_per_s']} dispatches,"
+            f" {out['offers_per_s']} subscriber writes)"
             f" ({len(lat)} probe events of {probe.sent * n}); ingest {out['readings_per_s']:,.0f} readings/s;"
             f" missed {res['missed']}; stream CPU {out['stream_cpu_s']} s, clients CPU {out['clients_cpu_s']} s;"
-            f" load average {out['load_average_1m']}")
+            f" load average {out['load_average_1m']}; cores {out['cores']}")
     else:
         log(f"stream 0 subscribers: ingest {out['readings_per_s']:,.0f} readings/s"
-            f" (load average {out['load_average_1m']})")
+            f" (load average {out['load_average_1m']}; cores {out['cores']})")
     return out
 
 

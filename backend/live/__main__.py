@@ -31,7 +31,7 @@ async def serve(cfg: Config) -> None:
     tokens = StreamTokens(token_secret(cfg, url), cfg.stream_token_ttl_s)
     hub = Hub(cfg.stream_queue_events, on_count=_subscriber_gauge())
     feed = EventFeed(url, hub, redis_url=cfg.redis_url, poll_s=cfg.stream_poll_s,
-                     retention_s=cfg.stream_retention_s)
+                     retention_s=cfg.stream_retention_s, coalesce_s=cfg.stream_coalesce_ms / 1000)
     app = web.Application()
     server = StreamServer(cfg, hub, feed, tokens)
     server.routes(app)

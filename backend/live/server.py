@@ -120,6 +120,7 @@ class StreamServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "subscribers": self.hub.count, "cursor": self.hub.cursor,
                                   "dispatched_events": self.hub.dispatched_events, "wakeups": self.feed.wakeups,
+                                  "dispatches": self.hub.dispatches, "offers": self.hub.offers,
                                   "missed_events": self.hub.missed_total(),
                                   "lag_ms": _percentiles(self.feed.lag_ms),
                                   "read_ms": _percentiles(self.feed.read_ms)},

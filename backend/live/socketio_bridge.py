@@ -45,7 +45,7 @@ class SocketIOBridge:
         self.sio.on("connect", self.connect)
         self._pending: list[StreamEvent] = []
         self._flush_scheduled = False
-        hub.add_listener(self.on_events)
+        hub.add_listener(self.on_events, active=self.has_clients)
 
     @staticmethod
     def _origins(cfg: Config) -> list[str]:
@@ -69,9 +69,13 @@ class SocketIOBridge:
         await self.sio.emit("connection_response", {"status": "connected", "sid": sid}, to=sid)
         return True
 
+    def has_clients(self) -> bool:
+        """Any Socket.IO client connected: without one the hub makes no events for the bridge."""
+        return bool(self.sio.manager.rooms.get("/"))
+
     def on_events(self, events: list[StreamEvent]) -> None:
         # Called inside Hub.dispatch: emit in a task, dispatch must not wait for sockets.
-        if not self.sio.manager.rooms.get("/"):
+        if not self.has_clients():
             return
         self._pending.extend(events)
         if not self._flush_scheduled:

@@ -59,10 +59,9 @@ def test_every_subscriber_gets_its_matches_in_order_or_a_count_of_what_it_missed
         subscribers = [hub.subscribe(d, m) for d, m in subs]
         sent = []
         for row_id, row in enumerate(rows, start=1):
-            evs = events_of_row(row_id, [[d, m, "2026-01-01T00:00:00+00:00", float(i), None]
-                                         for i, (d, m) in enumerate(row)])
-            sent.extend(evs)
-            hub.dispatch(row_id, evs)
+            readings = [[d, m, "2026-01-01T00:00:00+00:00", float(i), None] for i, (d, m) in enumerate(row)]
+            sent.extend(events_of_row(row_id, readings))
+            hub.dispatch([(row_id, readings)])
         assert hub.cursor == len(rows)
         for sub in subscribers:
             got = frames(sub.take())
