@@ -252,6 +252,18 @@ def run(bench: Bench, srv: Gunicorn) -> dict[str, Any]:
 
 
 def render(r: dict[str, Any]) -> list[str]:
+    u = r["upkeep"]
+    rates = {k: [round(x["readings_per_s"]) for x in v] for k, v in u["rounds"].items()}
+    return render_queries(r) + [
+        f"Rollup upkeep, batched JSON ingest (1,000 readings a request): {u['with_rollups_per_s']:,}"
+        f" readings/s with the trigger, {u['without_rollups_per_s']:,} without: {u['loss']:.1%} loss (target"
+        f" at most 10%; rounds {rates}). CPU of the service and its PostgreSQL backends per stored"
+        f" reading: {u['cpu_us_per_reading']['with_rollups']} us with, {u['cpu_us_per_reading']['without_rollups']}"
+        f" us without ({u['cpu_extra']:+.1%}); PostgreSQL alone {u['postgres_us_per_reading']['with_rollups']}"
+        f" vs {u['postgres_us_per_reading']['without_rollups']} us.", ""]
+
+
+def render_queries(r: dict[str, Any]) -> list[str]:
     d = r["dataset"]
     rows = d["rows"]
     lines = ["", "### Analytics: rollups against raw rows (issue 14)", "",
@@ -265,15 +277,7 @@ def render(r: dict[str, Any]) -> list[str]:
     for name, q in r["queries"].items():
         lines.append(f"| {name} | {', '.join(q['rollup']['sources'])} | {q['rollup']['p50_ms']} | {q['rollup']['p99_ms']}"
                      f" | {q['raw']['p50_ms']} | {q['raw']['p99_ms']} | {q['speedup_p50']} | {q['target']} |")
-    u = r["upkeep"]
-    rates = {k: [round(x["readings_per_s"]) for x in v] for k, v in u["rounds"].items()}
-    lines += ["", f"Rollup upkeep, batched JSON ingest (1,000 readings a request): {u['with_rollups_per_s']:,}"
-                  f" readings/s with the trigger, {u['without_rollups_per_s']:,} without: {u['loss']:.1%} loss (target"
-                  f" at most 10%; rounds {rates}). CPU of the service and its PostgreSQL backends per stored"
-                  f" reading: {u['cpu_us_per_reading']['with_rollups']} us with, {u['cpu_us_per_reading']['without_rollups']}"
-                  f" us without ({u['cpu_extra']:+.1%}); PostgreSQL alone {u['postgres_us_per_reading']['with_rollups']}"
-                  f" vs {u['postgres_us_per_reading']['without_rollups']} us.", ""]
-    return lines
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.analytics", description=main.__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--queries-only", action="store_true",
+                    help="only the read latencies (no ingest A/B): for iterating on the read path")
     args = ap.parse_args(argv)
     admin, handle = resolve_admin_url(None)
     workdir = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
@@ -296,13 +302,17 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(Plan.make(args.quick), url, workdir)
         srv = Gunicorn(url, workdir / "service")
         try:
-            srv.start()
-            results = run(bench, srv)
+            if args.queries_only:
+                data_url, info = dataset(bench)
+                results = {"dataset": info, "queries": query_latency(bench, data_url, info)}
+            else:
+                srv.start()
+                results = run(bench, srv)
         finally:
             srv.stop()
     del handle
     shutil.rmtree(workdir, ignore_errors=True)
-    print("\n".join(render(results)))
+    print("\n".join(render(results) if "upkeep" in results else render_queries(results)))
     out = RESULTS_DIR / f"analytics{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))

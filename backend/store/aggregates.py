@@ -13,15 +13,15 @@ for gap filling steps through local time the same way (no session TimeZone to se
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from backend.analytics.buckets import EPOCH_2000, BucketSpec
-from backend.analytics.rollup_choice import RAW, Plan, plan
+from backend.analytics.rollup_choice import GRAINS, RAW, Plan, plan
 
 _RAW_ROW = ("device_id, metric, ts AS t, 1::bigint AS count, value AS sum, value AS min, value AS max,"
             " ts AS first_ts, value AS first_value, ts AS last_ts, value AS last_value")
@@ -38,6 +38,11 @@ _AGG = {
     "last": "(array_agg(last_value ORDER BY last_ts DESC, device_id DESC))[1]",
 }
 AGGREGATES = tuple(_AGG)
+# The same aggregates over exactly one rollup row (see _direct_segment); the same types too.
+_ONE_ROW = {"count": "count", "sum": "sum", "avg": "sum / count", "min": "min", "max": "max",
+            "first": "first_value", "last": "last_value"}
+GRAIN_SECONDS = {name: seconds for seconds, name in GRAINS}
+_MINUTE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -67,41 +72,96 @@ class AggregateResult:
     buckets: list[int] | None  # every bucket start of the range (epoch seconds), when asked for
 
 
-def _filter(column: str, values: list[str], params: list[Any]) -> sql.Composable:
-    if len(values) == 1:
-        params.append(values[0])
-        return sql.SQL(" AND {} = %s").format(sql.Identifier(column))
-    params.append(values)
-    return sql.SQL(" AND {} = ANY(%s)").format(sql.Identifier(column))
+def _filter(column: str, n: int, name: str) -> str:
+    """` AND column = %(name)s` for one value, `= ANY(...)` for several (n: how many; 0: none)."""
+    if n == 0:
+        return ""
+    return f" AND {column} = %({name})s" if n == 1 else f" AND {column} = ANY(%({name})s)"
 
 
-def _segment_sql(source: str, req: AggregateRequest, lo: datetime, hi: datetime,
-                 params: list[Any]) -> sql.Composable:
-    if source == RAW:
-        head = sql.SQL("SELECT " + _RAW_ROW + " FROM telemetry_readings WHERE value IS NOT NULL AND ts >= %s"
-                       " AND ts < %s")
-    else:
-        table = sql.Identifier("telemetry_" + source)
-        head = sql.SQL("SELECT " + _ROLLUP_ROW + " FROM {} WHERE bucket >= %s AND bucket < %s").format(table)
-    params += [lo, hi]
-    stmt = head + _filter("metric", req.metrics, params)
-    if req.devices:
-        stmt += _filter("device_id", req.devices, params)
-    return stmt
-
-
-def _bucket_expr(spec: BucketSpec, params: list[Any]) -> sql.Composable:
+def _bucket_expr(spec: BucketSpec) -> str:
     if spec.calendar and spec.is_utc and spec.calendar != "month":
         # The same buckets without a zone looked up per row (EXPLAIN ANALYZE, 365 days across
         # 100 devices: half the query's time went to date_trunc(..., 'UTC')); 2000-01-03 is a Monday.
-        return sql.SQL("date_bin({}::interval, t, {}::timestamptz)").format(
-            sql.Literal("1 day" if spec.calendar == "day" else "7 days"),
-            sql.Literal("2000-01-01 00:00:00+00" if spec.calendar == "day" else "2000-01-03 00:00:00+00"))
+        if spec.calendar == "day":
+            return "date_bin('1 day'::interval, t, '2000-01-01 00:00:00+00'::timestamptz)"
+        return "date_bin('7 days'::interval, t, '2000-01-03 00:00:00+00'::timestamptz)"
     if spec.calendar:
-        params.append(spec.tz)
-        return sql.SQL("date_trunc({}, t, %s)").format(sql.Literal(spec.calendar))
-    params.append(timedelta(seconds=spec.seconds or 60))
-    return sql.SQL("date_bin(%s::interval, t, TIMESTAMPTZ '2000-01-01 00:00:00+00')")
+        return f"date_trunc('{spec.calendar}', t, %(tz)s)"
+    return "date_bin(%(step)s::interval, t, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+
+
+# What a statement's text depends on (its values go in as parameters): the sources of the
+# plan's segments, how many metrics and devices are filtered on (0, 1, several), fleet or
+# per device, the aggregate, the bucket expression, which segment is read row for row
+# (-1: none) and which raw segments take their devices from the minute's rollup.
+_Shape = tuple[tuple[str, ...], int, int, bool, str, str, int, tuple[bool, ...]]
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(shape: _Shape) -> str:
+    """The SQL of one shape, composed once: composing it per request cost more CPU than parsing its rows."""
+    sources, n_metrics, n_devices, fleet, agg, bexpr, direct, edge_devices = shape
+    metric = _filter("metric", n_metrics, "metric")
+    device = _filter("device_id", n_devices, "device")
+    grouped, rowwise = [], ""
+    series = ("NULL::text" if fleet else "device_id") + ", metric"
+    for i, source in enumerate(sources):
+        rng = f" >= %(lo{i})s AND {{0}} < %(hi{i})s"
+        if source == RAW:
+            seg = (f"SELECT {_RAW_ROW} FROM telemetry_readings WHERE value IS NOT NULL AND ts" + rng.format("ts")
+                   + metric + device)
+            if edge_devices[i]:
+                # Without a device filter the only index on ts is BRIN, of no use where rows are
+                # not stored in time order (a backfill; bench/analytics.py's data: a seq scan of a
+                # month, 52 ms, for an edge of seconds). A raw segment of a rollup plan lies within
+                # one minute, and the devices with readings in it are the ones with a row in that
+                # minute's rollup (kept in the same transaction): the key (device_id, metric, ts) serves.
+                seg += (f" AND device_id = ANY(ARRAY(SELECT device_id FROM telemetry_rollup_1m"
+                        f" WHERE bucket = %(minute{i})s{metric}))")
+        elif i == direct:
+            # One rollup row per output bucket, and no other segment in its buckets: no GROUP BY.
+            one = _ONE_ROW[agg]
+            rowwise = (f"SELECT date_part('epoch', bucket)::bigint, {series}, {one}, count FROM telemetry_{source}"
+                       " WHERE bucket"
+                       + rng.format("bucket") + metric + device)
+            continue
+        else:
+            seg = f"SELECT {_ROLLUP_ROW} FROM telemetry_{source} WHERE bucket" + rng.format("bucket") + metric + device
+        grouped.append(seg)
+    # A rollup plan's reads are small: parallel workers cost more than they save (365 days
+    # across 100 devices: p50 43 -> 25 ms fleet-wide, 217 -> 156 ms per device, on a busy
+    # machine). telemetry_serial_plan() (migrations/0051) keeps the whole statement serial.
+    serial = " WHERE telemetry_serial_plan()" if any(s != RAW for s in sources) else ""
+    parts = []
+    if grouped:
+        keys = "metric" if fleet else "device_id, metric"
+        parts.append(f"SELECT date_part('epoch', {bexpr})::bigint AS b, {series}, {_AGG[agg]}, sum(count)::bigint FROM (" + " UNION ALL ".join(grouped)
+                     + f") s{serial} GROUP BY 1, {keys}")
+        serial = ""
+    if rowwise:
+        parts.append(rowwise + serial.replace(" WHERE ", " AND "))
+    return " UNION ALL ".join(parts) + " ORDER BY 1, 2, 3"
+
+
+def _direct_segment(req: AggregateRequest, p: Plan) -> int:
+    """Which segment holds exactly one row per output bucket and series (-1: none).
+
+    The coarsest segment's grain equals the bucket: each of its rollup rows is one output
+    bucket, and the other segments (the ragged edges) lie in other buckets, as the coarsest
+    segment starts and ends on a bucket boundary. Fleet-wide buckets add up devices: no.
+    """
+    if req.fleet or not p.segments:
+        return -1
+    bucket_s = req.spec.seconds if req.spec.seconds is not None else (86400 if req.spec.calendar == "day" else 0)
+    for i, s in enumerate(p.segments):
+        if s.source != RAW and s.source == p.source and GRAIN_SECONDS[s.source] == bucket_s:
+            return i
+    return -1
+
+
+def _minute(ts: datetime) -> datetime:
+    return EPOCH_2000 + (ts - EPOCH_2000) // _MINUTE * _MINUTE
 
 
 def bucket_list(spec: BucketSpec, start: datetime, end: datetime, conn: Any = None) -> list[int]:
@@ -124,23 +184,30 @@ def bucket_list(spec: BucketSpec, start: datetime, end: datetime, conn: Any = No
 
 def fetch_aggregate(pool: ConnectionPool, req: AggregateRequest, with_buckets: bool = False) -> AggregateResult:
     p = plan(req.spec, req.start, req.end, req.allow_rollups)
-    params: list[Any] = []
-    bexpr = _bucket_expr(req.spec, params)
-    parts = [_segment_sql(s.source, req, s.start, s.end, params) for s in p.segments]
-    keys = "metric" if req.fleet else "device_id, metric"
-    stmt = (sql.SQL("SELECT date_part('epoch', ") + bexpr + sql.SQL(")::bigint AS b, " + ("NULL::text" if req.fleet else "device_id")
-                                                 + ", metric, " + _AGG[req.agg] + ", sum(count)::bigint FROM (")
-            + sql.SQL(" UNION ALL ").join(parts)
-            + sql.SQL(") s GROUP BY 1, " + keys + " ORDER BY 1, 2, 3"))
+    rollups = p.source != RAW
+    params: dict[str, Any] = {"metric": req.metrics[0] if len(req.metrics) == 1 else req.metrics,
+                              "device": req.devices[0] if len(req.devices) == 1 else req.devices}
+    if req.spec.calendar:
+        params["tz"] = req.spec.tz
+    else:
+        params["step"] = timedelta(seconds=req.spec.seconds or 60)
+    edge_devices = []
+    for i, s in enumerate(p.segments):
+        params[f"lo{i}"], params[f"hi{i}"] = s.start, s.end
+        minute = _minute(s.start)
+        edge = rollups and s.source == RAW and not req.devices and s.end - minute <= _MINUTE  # no overflow at 9999-12-31
+        if edge:
+            params[f"minute{i}"] = minute
+        edge_devices.append(edge)
+    shape: _Shape = (tuple(s.source for s in p.segments), min(len(req.metrics), 2), min(len(req.devices), 2),
+                     req.fleet, req.agg, _bucket_expr(req.spec), _direct_segment(req, p), tuple(edge_devices))
     rows: list[tuple] = []
     buckets = None
-    with pool.connection() as conn, conn.transaction():
-        if p.source != RAW:
-            # A rollup read is small: parallel workers cost more than they save (365 days across
-            # 100 devices: p50 43 -> 25 ms fleet-wide, 217 -> 156 ms per device, on a busy machine).
-            conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        if parts:
-            rows = conn.execute(stmt, params).fetchall()
+    # One statement, one round trip: no transaction around it (see _statement for the plan).
+    # Binary results: psycopg parses them in half the CPU of text (36,600 rows: 32 -> 15 ms).
+    with pool.connection() as conn:
+        if p.segments:
+            rows = conn.cursor(binary=True).execute(_statement(shape), params).fetchall()
         if with_buckets:
             buckets = bucket_list(req.spec, req.start, req.end, conn)
     return AggregateResult(p, rows, buckets)
