@@ -4,7 +4,9 @@ One statement per request: each segment of the plan (backend/analytics/rollup_ch
 reads its own source over its own part of the range, all as rows of one shape (count, sum,
 min, max, first and last with their times), UNION ALL, grouped by output bucket. A raw
 reading is such a row with count 1. Rollups are kept in the writing transaction
-(migrations/0020), so there is no tail of raw rows not rolled up yet to add.
+(migrations/0020), so there is no tail of raw rows not rolled up yet to add. A segment whose
+rollup grain is the bucket itself is not grouped (_direct_segment). The statement is sent
+alone, in autocommit: one round trip (see _statement for how it stays serial).
 
 Calendar buckets (day/week/month) are date_trunc(unit, t, zone): truncated in local time and
 turned back into an instant, so they follow local midnight, DST included; the bucket list
