@@ -38,8 +38,10 @@ from backend.live.frames import ROW_SPAN
 
 from .load import percentile, post_all
 from .server import ROOT, Gunicorn, ProcWatch, free_port
+from .stream_report import DEVICES, combine, render_stream, stream_targets
 
-DEVICES = 500
+__all__ = ["render_stream", "stream_phase", "stream_targets"]
+
 PER_CLIENT_PROCESS = 500
 
 
@@ -150,7 +152,10 @@ def _cores_used(w: dict[str, float], stream_s: float, clients_s: float) -> dict[
     wall = max(w["wall_s"], 1e-9)
     return {"gunicorn": round((w["server_cpu_s"] - stream_s) / wall, 2), "stream": round(stream_s / wall, 2),
             "subscriber_clients": round(clients_s / wall, 2), "postgres": round(w["postgres_cpu_s"] / wall, 2),
-            "ingest_clients": round(w["bench_cpu_s"] / wall, 2), "other": round(w["other_cpu_s"] / wall, 2),
+            # ProcWatch does not know the subscriber clients (children of this process): its
+            # "other" includes them, so they are taken out here.
+            "ingest_clients": round(w["bench_cpu_s"] / wall, 2),
+            "other": round(max(0.0, w["other_cpu_s"] - clients_s) / wall, 2),
             "stolen": round(w["steal_s"] / wall, 2), "wall_s": w["wall_s"]}
 
 
@@ -265,12 +270,27 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
         tok = requests.post(srv.url + "/api/stream/token", headers=srv.headers(), timeout=10).json()
         order = plan.order()
         runs = []
+        hour = 10
+        retries = 0
         for i, n in enumerate(order):
-            base = time.time() - (10 + i) * 3600  # each run its own hour: nothing is a duplicate
             # The first run warms the new server up (its plans, caches, partitions): the first
             # baseline used to be its slowest run, which made the loss look smaller than it is.
             run_plan = replace(plan, readings=plan.readings // 3) if i == 0 else plan
-            runs.append(one_run(srv, database_url, run_plan, n, tok["token"], tok["stream_url"], base, log))
+            tries: list[dict[str, Any]] = []
+            while True:
+                hour += 1  # each run its own hour: nothing is a duplicate
+                base = time.time() - hour * 3600
+                tries.append(one_run(srv, database_url, run_plan, n, tok["token"], tok["stream_url"], base, log))
+                # Another job taking a good part of the 2 cores moves readings/s by a third: such a
+                # run is done again (a bounded number of times; the choice looks only at the
+                # other jobs' CPU, never at the result, and baselines get the same treatment).
+                if i == 0 or _disturbance(tries[-1]) <= DISTURBED_CORES or retries >= MAX_RETRIES:
+                    break
+                retries += 1
+                log(f"stream {n} subscribers: other jobs took {_disturbance(tries[-1]):.2f} cores; again")
+            best = min(tries, key=_disturbance)
+            best["tries"] = len(tries)
+            runs.append(best)
     finally:
         srv.stop()
     warmup, runs = runs[0], runs[1:]
@@ -284,79 +304,26 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
         ratios = [r["readings_per_s"] / ((runs[max(b for b in base_idx if b < i)]["readings_per_s"] +
                                           runs[min(b for b in base_idx if b > i)]["readings_per_s"]) / 2)
                   for i, r in mine]
-        by_n[str(n)] = _combine([r for _, r in mine], ratios)
-    return {"plan": asdict(plan), "order": list(order), "baseline_readings_per_s": statistics.mean(baselines),
+        by_n[str(n)] = combine([r for _, r in mine], ratios)
+    # What the subscribers' work took of the machine: the stream process above its mean at the
+    # baselines, plus the subscriber clients, in cores and as a share of all cores. Where
+    # ingest is CPU-bound, that is about what it can lose; it does not move with other jobs.
+    stream_idle = statistics.mean(runs[i]["cores"]["stream"] for i in base_idx)
+    for w in by_n.values():
+        extra = statistics.mean(r["cores"]["stream"] - stream_idle + r["cores"]["subscriber_clients"]
+                                for r in w["runs"])
+        w["subscribers_cores"] = round(extra, 3)
+        w["subscribers_machine_share"] = round(extra / (os.cpu_count() or 1), 3)
+    return {"plan": asdict(plan), "order": list(order), "retries": retries,
+            "baseline_readings_per_s": statistics.mean(baselines),
             "baseline_load": ", ".join(str(runs[i]["load_average_1m"]) for i in base_idx),
-            "baseline_runs": baselines, "warmup_readings_per_s": warmup["readings_per_s"], "with": by_n}
+            "baseline_runs": baselines, "baseline_cores": [runs[i]["cores"] for i in base_idx],
+            "warmup_readings_per_s": warmup["readings_per_s"], "with": by_n}
 
 
-def _combine(rs: list[dict[str, Any]], ratios: list[float]) -> dict[str, Any]:
-    """The runs of one subscriber count as one figure: latency percentiles over all their probe
-    events, ingest as the mean of each run's ratio to its neighbouring baselines, sums of counts."""
-    lat = [x for r in rs for x in r.pop("_lat")]
-    ack = [x for r in rs for x in r.pop("_ack")]
-    out = {**rs[-1], "runs": [{k: r[k] for k in ("readings_per_s", "p50_ms", "p99_ms", "cores", "load_average_1m",
-                                                 "dispatches_per_s", "offers_per_s")} for r in rs]}
-    for run, ratio in zip(out["runs"], ratios, strict=True):
-        run["vs_neighbouring_baselines"] = round(ratio, 3)
-    out.update({
-        "readings_per_s": statistics.mean(r["readings_per_s"] for r in rs),
-        "ingest_loss": 1 - statistics.mean(ratios),
-        "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat, default=float("nan")),
-        "ack_to_event_p50_ms": percentile(ack, 50), "ack_to_event_p99_ms": percentile(ack, 99),
-        "load_average_1m": max(r["load_average_1m"] for r in rs),
-        **{k: sum(r[k] for r in rs) for k in ("probe_events", "expected_probe_events", "missed", "readings")},
-        **{k: round(sum(r[k] for r in rs), 2) for k in ("stream_cpu_s", "clients_cpu_s", "seconds")},
-    })
-    return out
+DISTURBED_CORES = 0.3  # CPU of other jobs (and stolen by the hypervisor) above which a run is redone
+MAX_RETRIES = 6  # for the whole phase
 
 
-def stream_targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    s = r["stream"]
-    top = s["with"][str(max(int(k) for k in s["with"]))]
-    n = top["subscribers"]
-    return [
-        (f"stream commit-to-event p99 < 250 ms at {n} subscribers", f"{top['p99_ms']:.0f} ms", top["p99_ms"] < 250),
-        (f"batched ingest loses < 15% with {n} subscribers", f"{top['ingest_loss']:.1%}", top["ingest_loss"] < 0.15),
-    ]
-
-
-def render_stream(r: dict[str, Any]) -> list[str]:
-    s = r["stream"]
-    lines = ["", "### Live stream (bench/stream.py)", "",
-             f"Batched ingest ({s['plan']['readings']:,} readings per run, {s['plan']['clients']} clients, JSON bodies"
-             f" of {s['plan']['per_request']:,} readings over {DEVICES} devices) with SSE subscribers held open,"
-             " each watching one device and the probe device; a probe reading every"
-             f" {s['plan']['probe_interval_s'] * 1000:.0f} ms.",
-             "",
-             "| Subscribers | Ingest readings/s | vs no subscriber | Commit-to-event p50 | p99 | max |"
-             " Ack-to-event p50 / p99 | Probe events received | Missed | Stream process CPU s |"
-             " Subscriber clients CPU s | Load average |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| 0 (mean of {len(s['baseline_runs'])} runs) | {s['baseline_readings_per_s']:,.0f} | 100% |"
-             " | | | | | | | |"
-             f" {s.get('baseline_load', '')} |"]
-    for k, w in s["with"].items():
-        lines.append(f"| {k} | {w['readings_per_s']:,.0f} | {1 - w['ingest_loss']:.0%} | {w['p50_ms']:.1f} ms |"
-                     f" {w['p99_ms']:.1f} ms | {w['max_ms']:.0f} ms | {w['ack_to_event_p50_ms']:.1f} /"
-                     f" {w['ack_to_event_p99_ms']:.1f} ms | {w['probe_events']:,} of"
-                     f" {w['expected_probe_events']:,} | {w['missed']} | {w['stream_cpu_s']} | {w['clients_cpu_s']} |"
-                     f" {w['load_average_1m']} |")
-    lines += ["", f"Order of the runs: {', '.join(map(str, s.get('order', [])))} subscribers (the first a"
-              " warm-up of a third of the readings, not counted). Each run with subscribers is compared with the"
-              " mean of the baselines just before and after it; the table gives the mean of those ratios,"
-              " latency over the probe events of all its runs, CPU summed over them. Per run:", ""]
-    for k, w in s["with"].items():
-        for run in w.get("runs", []):
-            c = run["cores"]
-            lines.append(f"- {k} subscribers: {run['readings_per_s']:,.0f} readings/s ="
-                         f" {run['vs_neighbouring_baselines']:.0%} of its baselines, p50 / p99 {run['p50_ms']:.0f} /"
-                         f" {run['p99_ms']:.0f} ms, {run['dispatches_per_s']} dispatches and {run['offers_per_s']:,.0f}"
-                         f" subscriber writes per s; cores: gunicorn {c['gunicorn']}, PostgreSQL {c['postgres']},"
-                         f" stream {c['stream']}, subscriber clients {c['subscriber_clients']}, ingest clients"
-                         f" {c['ingest_clients']}, other {c['other']}")
-    lines += ["", "Commit-to-event is measured from the stream row's time (taken inside the writer's"
-              " transaction, before its COMMIT) to arrival: an upper bound. Ack-to-event (from the probe's"
-              " acknowledgement, after its commit) is a lower bound. The subscriber clients run on the same"
-              " 2 cores: their CPU is part of the measured cost."]
-    return lines
+def _disturbance(run: dict[str, Any]) -> float:
+    return run["cores"]["other"] + run["cores"]["stolen"]
