@@ -267,7 +267,6 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
             if time.monotonic() > deadline:
                 raise RuntimeError("the stream process did not answer")
             time.sleep(0.2)
-        tok = requests.post(srv.url + "/api/stream/token", headers=srv.headers(), timeout=10).json()
         order = plan.order()
         runs = []
         hour = 10
@@ -280,6 +279,8 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
             while True:
                 hour += 1  # each run its own hour: nothing is a duplicate
                 base = time.time() - hour * 3600
+                # A token per run: it opens streams for STREAM_TOKEN_TTL_S (300 s), less than the phase.
+                tok = requests.post(srv.url + "/api/stream/token", headers=srv.headers(), timeout=10).json()
                 tries.append(one_run(srv, database_url, run_plan, n, tok["token"], tok["stream_url"], base, log))
                 # Another job taking a good part of the 2 cores moves readings/s by a third: such a
                 # run is done again (a bounded number of times; the choice looks only at the
@@ -322,7 +323,7 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
 
 
 DISTURBED_CORES = 0.3  # CPU of other jobs (and stolen by the hypervisor) above which a run is redone
-MAX_RETRIES = 6  # for the whole phase
+MAX_RETRIES = 3  # for the whole phase: on a machine busy throughout, retrying is no cure
 
 
 def _disturbance(run: dict[str, Any]) -> float:
