@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ from backend.live.frames import ROW_SPAN
 
 from .load import percentile, post_all
 from .server import ROOT, Gunicorn, ProcWatch, free_port
+from .stream_report import DEVICES, combine, render_stream, stream_targets
 
-DEVICES = 500
+__all__ = ["render_stream", "stream_phase", "stream_targets"]
+
 PER_CLIENT_PROCESS = 500
 
 
@@ -55,6 +58,13 @@ class StreamPlan:
         if quick:
             return cls((20,), 20_000, 4, 1000)
         return cls((100, 500), 300_000, 16, 1000)
+
+    def order(self) -> tuple[int, ...]:
+        """Warm-up, then each subscriber count twice (the second pass in reverse), every run
+        between two baselines: 0 (warm-up), 0, a, b, 0, b, a, 0 (quick: 0, 0, a, 0)."""
+        if len(self.subscribers) == 1:
+            return (0, 0, self.subscribers[0], 0)
+        return (0, 0, *self.subscribers, 0, *reversed(self.subscribers), 0)
 
 
 class Probe:
@@ -142,7 +152,10 @@ def _cores_used(w: dict[str, float], stream_s: float, clients_s: float) -> dict[
     wall = max(w["wall_s"], 1e-9)
     return {"gunicorn": round((w["server_cpu_s"] - stream_s) / wall, 2), "stream": round(stream_s / wall, 2),
             "subscriber_clients": round(clients_s / wall, 2), "postgres": round(w["postgres_cpu_s"] / wall, 2),
-            "ingest_clients": round(w["bench_cpu_s"] / wall, 2), "other": round(w["other_cpu_s"] / wall, 2),
+            # ProcWatch does not know the subscriber clients (children of this process): its
+            # "other" includes them, so they are taken out here.
+            "ingest_clients": round(w["bench_cpu_s"] / wall, 2),
+            "other": round(max(0.0, w["other_cpu_s"] - clients_s) / wall, 2),
             "stolen": round(w["steal_s"] / wall, 2), "wall_s": w["wall_s"]}
 
 
@@ -219,7 +232,7 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
             "ack_to_event_p50_ms": percentile(ack, 50), "ack_to_event_p99_ms": percentile(ack, 99),
             "send_to_event_p50_ms": percentile(send, 50), "send_to_event_p99_ms": percentile(send, 99),
             "load_events": res["readings"] - len(res["probes"]), "missed": res["missed"],
-            "client_errors": res["errors"],
+            "client_errors": res["errors"], "_lat": lat, "_ack": ack,  # pooled over runs by _combine
         })
         log(f"stream {n} subscribers: commit-to-event p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms"
             f" (ack-to-event p50 {out['ack_to_event_p50_ms']:.1f} p99 {out['ack_to_event_p99_ms']:.1f},"
@@ -254,55 +267,64 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
             if time.monotonic() > deadline:
                 raise RuntimeError("the stream process did not answer")
             time.sleep(0.2)
-        tok = requests.post(srv.url + "/api/stream/token", headers=srv.headers(), timeout=10).json()
-        order = (0, *plan.subscribers, 0)
+        order = plan.order()
         runs = []
+        hour = 10
+        retries = 0
         for i, n in enumerate(order):
-            base = time.time() - (10 + i) * 3600  # each run its own hour: nothing is a duplicate
-            runs.append(one_run(srv, database_url, plan, n, tok["token"], tok["stream_url"], base, log))
+            # The first run warms the new server up (its plans, caches, partitions): the first
+            # baseline used to be its slowest run, which made the loss look smaller than it is.
+            run_plan = replace(plan, readings=plan.readings // 3) if i == 0 else plan
+            tries: list[dict[str, Any]] = []
+            while True:
+                hour += 1  # each run its own hour: nothing is a duplicate
+                base = time.time() - hour * 3600
+                # A token per run: it opens streams for STREAM_TOKEN_TTL_S (300 s), less than the phase.
+                tok = requests.post(srv.url + "/api/stream/token", headers=srv.headers(), timeout=10).json()
+                tries.append(one_run(srv, database_url, run_plan, n, tok["token"], tok["stream_url"], base, log))
+                # Another job taking a good part of the 2 cores moves readings/s by a third: such a
+                # run is done again (a bounded number of times; the choice looks only at the
+                # other jobs' CPU, never at the result, and baselines get the same treatment).
+                if i == 0 or _disturbance(tries[-1]) <= DISTURBED_CORES or retries >= MAX_RETRIES:
+                    break
+                retries += 1
+                log(f"stream {n} subscribers: other jobs took {_disturbance(tries[-1]):.2f} cores; again")
+            best = min(tries, key=_disturbance)
+            best["tries"] = len(tries)
+            runs.append(best)
     finally:
         srv.stop()
-    baseline = (runs[0]["readings_per_s"] + runs[-1]["readings_per_s"]) / 2
-    by_n = {str(r["subscribers"]): r for r in runs[1:-1]}
-    for r in by_n.values():
-        r["ingest_loss"] = 1 - r["readings_per_s"] / baseline if baseline else float("nan")
-    return {"plan": asdict(plan), "baseline_readings_per_s": baseline,
-            "baseline_load": f"{runs[0]['load_average_1m']}, {runs[-1]['load_average_1m']}",
-            "baseline_runs": [runs[0]["readings_per_s"], runs[-1]["readings_per_s"]], "with": by_n}
+    warmup, runs = runs[0], runs[1:]
+    base_idx = [i for i, r in enumerate(runs) if r["subscribers"] == 0]
+    baselines = [runs[i]["readings_per_s"] for i in base_idx]
+    by_n: dict[str, dict[str, Any]] = {}
+    for n in plan.subscribers:
+        mine = [(i, r) for i, r in enumerate(runs) if r["subscribers"] == n]
+        # Each run against the baselines just before and after it: the machine drifts (other
+        # jobs, the database's state) between runs, less within a neighbourhood.
+        ratios = [r["readings_per_s"] / ((runs[max(b for b in base_idx if b < i)]["readings_per_s"] +
+                                          runs[min(b for b in base_idx if b > i)]["readings_per_s"]) / 2)
+                  for i, r in mine]
+        by_n[str(n)] = combine([r for _, r in mine], ratios)
+    # What the subscribers' work took of the machine: the stream process above its mean at the
+    # baselines, plus the subscriber clients, in cores and as a share of all cores. Where
+    # ingest is CPU-bound, that is about what it can lose; it does not move with other jobs.
+    stream_idle = statistics.mean(runs[i]["cores"]["stream"] for i in base_idx)
+    for w in by_n.values():
+        extra = statistics.mean(r["cores"]["stream"] - stream_idle + r["cores"]["subscriber_clients"]
+                                for r in w["runs"])
+        w["subscribers_cores"] = round(extra, 3)
+        w["subscribers_machine_share"] = round(extra / (os.cpu_count() or 1), 3)
+    return {"plan": asdict(plan), "order": list(order), "retries": retries,
+            "baseline_readings_per_s": statistics.mean(baselines),
+            "baseline_load": ", ".join(str(runs[i]["load_average_1m"]) for i in base_idx),
+            "baseline_runs": baselines, "baseline_cores": [runs[i]["cores"] for i in base_idx],
+            "warmup_readings_per_s": warmup["readings_per_s"], "with": by_n}
 
 
-def stream_targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    s = r["stream"]
-    top = s["with"][str(max(int(k) for k in s["with"]))]
-    n = top["subscribers"]
-    return [
-        (f"stream commit-to-event p99 < 250 ms at {n} subscribers", f"{top['p99_ms']:.0f} ms", top["p99_ms"] < 250),
-        (f"batched ingest loses < 15% with {n} subscribers", f"{top['ingest_loss']:.1%}", top["ingest_loss"] < 0.15),
-    ]
+DISTURBED_CORES = 0.3  # CPU of other jobs (and stolen by the hypervisor) above which a run is redone
+MAX_RETRIES = 3  # for the whole phase: on a machine busy throughout, retrying is no cure
 
 
-def render_stream(r: dict[str, Any]) -> list[str]:
-    s = r["stream"]
-    lines = ["", "### Live stream (bench/stream.py)", "",
-             f"Batched ingest ({s['plan']['readings']:,} readings per run, {s['plan']['clients']} clients, JSON bodies"
-             f" of {s['plan']['per_request']:,} readings over {DEVICES} devices) with SSE subscribers held open,"
-             " each watching one device and the probe device; a probe reading every"
-             f" {s['plan']['probe_interval_s'] * 1000:.0f} ms.",
-             "",
-             "| Subscribers | Ingest readings/s | vs no subscriber | Commit-to-event p50 | p99 | max |"
-             " Ack-to-event p50 / p99 | Probe events received | Missed | Stream process CPU s |"
-             " Subscriber clients CPU s | Load average |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| 0 (mean of before and after) | {s['baseline_readings_per_s']:,.0f} | 100% | | | | | | | | |"
-             f" {s.get('baseline_load', '')} |"]
-    for k, w in s["with"].items():
-        lines.append(f"| {k} | {w['readings_per_s']:,.0f} | {1 - w['ingest_loss']:.0%} | {w['p50_ms']:.1f} ms |"
-                     f" {w['p99_ms']:.1f} ms | {w['max_ms']:.0f} ms | {w['ack_to_event_p50_ms']:.1f} /"
-                     f" {w['ack_to_event_p99_ms']:.1f} ms | {w['probe_events']:,} of"
-                     f" {w['expected_probe_events']:,} | {w['missed']} | {w['stream_cpu_s']} | {w['clients_cpu_s']} |"
-                     f" {w['load_average_1m']} |")
-    lines += ["", "Commit-to-event is measured from the stream row's time (taken inside the writer's"
-              " transaction, before its COMMIT) to arrival: an upper bound. Ack-to-event (from the probe's"
-              " acknowledgement, after its commit) is a lower bound. The subscriber clients run on the same"
-              " 2 cores: their CPU is part of the measured cost."]
-    return lines
+def _disturbance(run: dict[str, Any]) -> float:
+    return run["cores"]["other"] + run["cores"]["stolen"]

@@ -32,12 +32,17 @@ def one_round(admin_url: str, quick: bool) -> dict[str, Any]:
 
 def summary(s: dict[str, Any]) -> str:
     parts = [f"baseline {s['baseline_readings_per_s']:,.0f}/s"
-             f" ({', '.join(f'{x:,.0f}' for x in s['baseline_runs'])}; load {s['baseline_load']})"]
+             f" ({', '.join(f'{x:,.0f}' for x in s['baseline_runs'])}; load {s['baseline_load']});"
+             f" warm-up {s['warmup_readings_per_s']:,.0f}/s; retries {s['retries']}"]
     for n, w in s["with"].items():
         parts.append(f"{n} subs: p50 {w['p50_ms']:.0f} p99 {w['p99_ms']:.0f} ms, {w['readings_per_s']:,.0f}/s"
                      f" = {1 - w['ingest_loss']:.0%}, missed {w['missed']}, probes {w['probe_events']}"
-                     f"/{w['expected_probe_events']}, {w.get('dispatches_per_s')} dispatches/s,"
-                     f" {w.get('offers_per_s')} writes/s, load {w['load_average_1m']}, cores {w['cores']}")
+                     f"/{w['expected_probe_events']}; subscribers took {w['subscribers_cores']} cores"
+                     f" = {w['subscribers_machine_share']:.1%} of the machine")
+        for run in w["runs"]:
+            parts.append(f"  run: {run['readings_per_s']:,.0f}/s = {run['vs_neighbouring_baselines']:.0%},"
+                         f" p50 {run['p50_ms']:.0f} p99 {run['p99_ms']:.0f} ms, {run['dispatches_per_s']} dispatches/s,"
+                         f" {run['offers_per_s']} writes/s, load {run['load_average_1m']}, tries {run['tries']}, cores {run['cores']}")
     return "\n  ".join(parts)
 
 
