@@ -249,6 +249,20 @@ def one_run(srv: Gunicorn, database_url: str, plan: StreamPlan, n: int, token: s
     return out
 
 
+def wait_stream_up(health_url: str, timeout: float = 60) -> None:
+    """Until the stream process answers its health route (it starts after gunicorn)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(health_url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the stream process did not answer")
+        time.sleep(0.2)
+
+
 def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     plan = StreamPlan.make(quick)
     port = free_port()
@@ -256,17 +270,7 @@ def stream_phase(database_url: str, workdir: Path, quick: bool, log: Callable[[s
                                                "STREAM_MAX_SUBSCRIBERS": "5000"})
     srv.start()
     try:
-        health = f"http://127.0.0.1:{port}/api/stream/health"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(health, timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the stream process did not answer")
-            time.sleep(0.2)
+        wait_stream_up(f"http://127.0.0.1:{port}/api/stream/health")
         order = plan.order()
         runs = []
         hour = 10

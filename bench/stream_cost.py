@@ -33,6 +33,7 @@ from backend.live.tokens import StreamTokens
 
 from .run import resolve_admin_url, scratch_database
 from .server import ROOT, free_port
+from .stream import wait_stream_up
 
 SECRET = "bench-stream-cost-secret-0123456789"
 
@@ -78,16 +79,7 @@ def measure(url: str, args: argparse.Namespace, coalesce_ms: int) -> dict[str, A
     clients: subprocess.Popen[str] | None = None
     try:
         base = f"http://127.0.0.1:{port}/api/stream"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the stream process did not answer")
-            time.sleep(0.2)
+        wait_stream_up(base + "/health")
         token = StreamTokens(SECRET, 300).issue("bench")
         clients = subprocess.Popen([sys.executable, "-m", "bench.stream_clients", "--url", base, "--token", token,
                                     "--n", str(args.subscribers)], cwd=root, stdin=subprocess.PIPE,
