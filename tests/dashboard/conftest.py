@@ -33,7 +33,9 @@ OFFLINE_AFTER_S = 3  # DEVICE_OFFLINE_AFTER_S for these servers: "silent" within
 
 
 
-@pytest.fixture(scope="session")
+# package: Playwright's sync API keeps an event loop running in this thread while it is open, and
+# asyncio.run() in later tests refuses to start beside it
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
