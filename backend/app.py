@@ -49,6 +49,7 @@ from backend.store.export import Exporter
 from backend.store.maintenance import Maintenance
 from backend.store.pool import make_pool
 from backend.store.retention import RetentionPolicy
+from backend.store.rollups import RollupMerger
 
 # Every route's module; backend/api/openapi.py describes each of their routes.
 BLUEPRINTS = (health, telemetry, config_routes, devices, alerts, keys, fluxio, flow_stats, thingsboard, stream,
@@ -65,6 +66,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     buffer = write_path.buffer
     catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg)
     maintenance = Maintenance(pool, cfg.partitions_ahead_months, policy=RetentionPolicy.from_config(cfg))
+    rollups = RollupMerger(pool, cfg.rollup_merge_interval_s)  # folds committed readings (migrations/0052)
     checks = HealthCheck(cfg, database, pool, buffer, write_path.spool)
 
     app = Flask("backend")
@@ -73,7 +75,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # API keys and scopes, rate limits, CORS, devices, alerts: docs/fleet.md
     fleet = init_fleet(app, cfg, pool, observers, make_rate_limits(cfg), buffer.sink_available)
     ops = build_ops(write_path, observers, catalogue, in_flight, fleet)  # metrics, instance status
-    svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet, ops)
+    svc = Services(cfg, database, pool, write_path, catalogue, in_flight, checks, maintenance, fleet, ops, rollups)
     svc.init_app(app)
     init_doors(app, cfg, pool, buffer.sink_available)  # Idempotency-Key, line protocol: docs/doors.md
     init_stream(app, cfg, database.url, observers)  # live stream: publisher, tokens (docs/stream.md)

@@ -118,6 +118,11 @@ class Config(BaseModel):
     stream_retention_s: Annotated[int, Field(ge=60)] = 900
     stream_max_subscribers: Count = 5000
     stream_socketio_public: bool = False  # Socket.IO without a token (seed 002's dashboard sends none)
+    # Rollups (issue 14, backend/store/rollups.py): each worker folds the committed readings
+    # into the 1m/1h/1d rollups this often (one at a time across workers and instances);
+    # reads add what is not folded yet, so this bounds work per fold, not staleness. 0: this
+    # process does not fold (another must, or the tail that reads add keeps growing).
+    rollup_merge_interval_s: NonNegative = 1.0
     # Retention (issue 14, backend/store/retention.py): days to keep per tier, 0 = keep forever
     # (the default). Old data goes by dropping whole monthly partitions; rollups must outlive
     # the raw rows they summarise: each of 1M, HOURLY, DAILY (when set) >= RAW.

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the types only: these modules import services() themselves
     from backend.ops.wiring import Ops
     from backend.store.database import Database
     from backend.store.maintenance import Maintenance
+    from backend.store.rollups import RollupMerger
 
 EXTENSION = "telemetry"
 
@@ -38,6 +39,7 @@ class Services:
     maintenance: Maintenance
     fleet: Fleet
     ops: Ops | None = None  # metrics and the instance status (backend/ops/)
+    rollups: RollupMerger | None = None  # folds committed readings into the rollups
 
     @property
     def buffer(self) -> BatchBuffer:
@@ -54,6 +56,8 @@ class Services:
     def start(self) -> None:
         self.write_path.start()
         self.maintenance.start()
+        if self.rollups is not None:
+            self.rollups.start()
         if self.ops is not None:
             self.ops.start()
 
@@ -68,6 +72,8 @@ class Services:
             self.ops.close()  # after the last flush: its final round publishes the final totals
         self.fleet.close()
         self.maintenance.stop()
+        if self.rollups is not None:
+            self.rollups.stop()
         self.health.close()
         self.pool.close()
 

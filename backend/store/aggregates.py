@@ -3,10 +3,13 @@
 One statement per request: each segment of the plan (backend/analytics/rollup_choice.py)
 reads its own source over its own part of the range, all as rows of one shape (count, sum,
 min, max, first and last with their times), UNION ALL, grouped by output bucket. A raw
-reading is such a row with count 1. Rollups are kept in the writing transaction
-(migrations/0020), so there is no tail of raw rows not rolled up yet to add. A segment whose
-rollup grain is the bucket itself is not grouped (_direct_segment). The statement is sent
-alone, in autocommit: one round trip (see _statement for how it stays serial).
+reading is such a row with count 1. Rollups are folded after the commit (migrations/0052):
+each rollup segment adds the readings of its range not folded yet (the tail, `telemetry_unrolled`),
+read in the same statement, so in the same snapshot as the cursor that says which those are:
+an answer never lags the raw rows and never counts a reading twice. A segment whose rollup
+grain is the bucket itself is not grouped where the tail has nothing in a bucket
+(_direct_segment). The statement is sent alone, in autocommit: one round trip (see
+_statement for how it stays serial).
 
 Calendar buckets (day/week/month) are date_trunc(unit, t, zone): truncated in local time and
 turned back into an instant, so they follow local midnight, DST included; the bucket list
@@ -107,6 +110,7 @@ def _statement(shape: _Shape) -> str:
     metric = _filter("metric", n_metrics, "metric")
     device = _filter("device_id", n_devices, "device")
     grouped, rowwise = [], ""
+    tail = any(s != RAW for s in sources)
     series = ("NULL::text" if fleet else "device_id") + ", metric"
     for i, source in enumerate(sources):
         rng = f" >= %(lo{i})s AND {{0}} < %(hi{i})s"
@@ -118,19 +122,24 @@ def _statement(shape: _Shape) -> str:
                 # not stored in time order (a backfill; bench/analytics.py's data: a seq scan of a
                 # month, 52 ms, for an edge of seconds). A raw segment of a rollup plan lies within
                 # one minute, and the devices with readings in it are the ones with a row in that
-                # minute's rollup (kept in the same transaction): the key (device_id, metric, ts) serves.
+                # minute's rollup, or in the tail not folded yet: the key (device_id, metric, ts) serves.
                 seg += (f" AND device_id = ANY(ARRAY(SELECT device_id FROM telemetry_rollup_1m"
-                        f" WHERE bucket = %(minute{i})s{metric}))")
-        elif i == direct:
-            # One rollup row per output bucket, and no other segment in its buckets: no GROUP BY.
-            one = _ONE_ROW[agg]
-            rowwise = (f"SELECT date_part('epoch', bucket)::bigint, {series}, {one}, count FROM telemetry_{source}"
-                       " WHERE bucket"
-                       + rng.format("bucket") + metric + device)
+                        f" WHERE bucket = %(minute{i})s{metric} UNION SELECT device_id FROM tail"
+                        f" WHERE ts >= %(minute{i})s AND ts < %(minute{i})s + interval '1 minute'))")
+            grouped.append(seg)
             continue
-        else:
-            seg = f"SELECT {_ROLLUP_ROW} FROM telemetry_{source} WHERE bucket" + rng.format("bucket") + metric + device
-        grouped.append(seg)
+        rows = f"SELECT {_ROLLUP_ROW} FROM telemetry_{source} r WHERE bucket" + rng.format("bucket") + metric + device
+        if i == direct:
+            # One rollup row per output bucket, and no other segment in its buckets: no GROUP BY,
+            # except for the buckets the tail adds readings to (grouped with theirs below).
+            touched = (" EXISTS (SELECT 1 FROM tail k WHERE k.device_id = r.device_id AND k.metric = r.metric"
+                       f" AND k.ts >= r.bucket AND k.ts < r.bucket + interval '{GRAIN_SECONDS[source]} seconds')")
+            rowwise = (f"SELECT date_part('epoch', bucket)::bigint, {series}, {_ONE_ROW[agg]}, count"
+                       f" FROM telemetry_{source} r WHERE bucket" + rng.format("bucket") + metric + device
+                       + " AND NOT" + touched)
+            rows += " AND" + touched
+        grouped.append(rows)
+        grouped.append(f"SELECT {_RAW_ROW} FROM tail WHERE ts" + rng.format("ts"))
     # A rollup plan's reads are small: parallel workers cost more than they save (365 days
     # across 100 devices: p50 43 -> 25 ms fleet-wide, 217 -> 156 ms per device, on a busy
     # machine). telemetry_serial_plan() (migrations/0051) keeps the whole statement serial.
@@ -143,7 +152,9 @@ def _statement(shape: _Shape) -> str:
         serial = ""
     if rowwise:
         parts.append(rowwise + serial.replace(" WHERE ", " AND "))
-    return " UNION ALL ".join(parts) + " ORDER BY 1, 2, 3"
+    with_tail = (f"WITH tail AS MATERIALIZED (SELECT device_id, metric, ts, value FROM telemetry_unrolled"
+                 f" WHERE true{metric}{device}) ") if tail else ""
+    return with_tail + " UNION ALL ".join(parts) + " ORDER BY 1, 2, 3"
 
 
 def _direct_segment(req: AggregateRequest, p: Plan) -> int:
