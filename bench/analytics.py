@@ -5,23 +5,21 @@ Queries run against a dedicated database (`bench_analytics`, `bench_analytics_qu
 and the data set's shape) matches, so repeated runs do not reload ~10 M readings. Data:
 - "sparse": 100 devices, metric `flow`, one reading every 10 minutes for 365 days;
 - "dense": 4 devices x 4 metrics at 1 Hz for the last 4 days.
-Raw rows are generated inside PostgreSQL (generate_series) with the rollup trigger
-disabled, then the rollups are built from them in one GROUP BY per grain (what the
-trigger would have done row batch by row batch, at a fraction of the load time).
+Raw rows are generated inside PostgreSQL (generate_series), then the rollups are built
+from them in one GROUP BY per grain (what the fold would have done batch by batch, at a
+fraction of the load time) and the fold's cursor is moved past the load's stream_events.
 
 Each query is timed over HTTP against the service (one keep-alive client, sequential), once
 as the service answers it (`source` auto: rollups plus raw edges) and once with
 `source=raw` (the raw-rows baseline, the same answer), in the same run.
 
-Upkeep: batched ingest (the main bench's JSON batches, 1,000 readings a request) into the
-main bench database with the rollup trigger enabled and disabled, rounds alternating.
+Upkeep: bench/rollup_upkeep.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,13 +30,13 @@ import psycopg
 from backend.store.migrations import migrate
 from backend.store.partitions import month_start
 
+from . import rollup_upkeep
 from .load import get_sequential, percentile
 from .server import Gunicorn
 
 if TYPE_CHECKING:
     from .run import Bench
 
-TRIGGER = "telemetry_readings_rollup"
 _SPARSE = """
 INSERT INTO telemetry_readings (device_id, metric, ts, value, received_at)
 SELECT 's' || lpad(d::text, 3, '0'), 'flow', t.ts, ((d * 37 + g.i * 11) %% 2000)::float8 / 10, t.ts
@@ -113,7 +111,6 @@ def dataset(bench: Bench) -> tuple[str, dict[str, Any]]:
         first = month_start((end - timedelta(days=s["sparse_days"] + 1)).date())
         conn.execute("SELECT telemetry_ensure_partitions(%s, 16), telemetry_rollup_ensure_partitions(%s, 16)",
                      (first, first))
-        conn.execute(f"ALTER TABLE telemetry_readings DISABLE TRIGGER {TRIGGER}")
         n_sparse = s["sparse_days"] * 144
         for i0 in range(0, n_sparse, 20_000):
             conn.execute(_SPARSE, {"i0": i0, "i1": min(i0 + 20_000, n_sparse) - 1, "n": n_sparse, "end": end,
@@ -122,10 +119,14 @@ def dataset(bench: Bench) -> tuple[str, dict[str, Any]]:
         for i0 in range(0, n_dense, 50_000):
             conn.execute(_DENSE, {"i0": i0, "i1": min(i0 + 50_000, n_dense) - 1, "n": n_dense, "end": end,
                                   "devices": s["dense_devices"]})
-        conn.execute(f"ALTER TABLE telemetry_readings ENABLE TRIGGER {TRIGGER}")
         load_s = time.perf_counter() - t0
         for stmt in _BACKFILL:
             conn.execute(stmt)
+        # The load's readings are in the rollups now: the fold starts after them (and the
+        # stream's log of them, a million readings a second of load, is of no use to anyone).
+        conn.execute("INSERT INTO telemetry_rollup_cursor (last_id) SELECT coalesce(max(id), 0) FROM stream_events"
+                     " ON CONFLICT (one) DO UPDATE SET last_id = excluded.last_id")
+        conn.execute("DELETE FROM stream_events")
         rollup_s = time.perf_counter() - t0 - load_s
         conn.execute("VACUUM ANALYZE")
         counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
@@ -199,68 +200,14 @@ def query_latency(bench: Bench, url: str, info: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def upkeep(bench: Bench, srv: Gunicorn) -> dict[str, Any]:
-    """Batched ingest with the rollup trigger on and off, rounds alternating.
-
-    Two figures: readings/s (wall clock; on a machine shared with other jobs it swings by a
-    third between rounds of the same code) and the CPU the service and its PostgreSQL
-    backends spent per stored reading (what upkeep costs, much less disturbed by others).
-    """
-    rounds = 1 if bench.plan.quick else 5
-    runs: dict[str, list[dict[str, float]]] = {"with_rollups": [], "without_rollups": []}
-    try:
-        for rnd in range(rounds):
-            for kind in ("with_rollups", "without_rollups") if rnd % 2 == 0 else ("without_rollups", "with_rollups"):
-                on = kind == "with_rollups"
-                bench.sql(f"ALTER TABLE telemetry_readings {'ENABLE' if on else 'DISABLE'} TRIGGER {TRIGGER}")
-                msgs = bench.batch_messages(time.time() - (10 + rnd * 2 + on) * 3600)
-                bench.tag = f"a{rnd}{'on' if on else 'off'}"
-                b = bench.batched(srv, "json", msgs)
-                n = max(b["stored_readings"], 1)
-                runs[kind].append({"readings_per_s": b["readings_per_s"],
-                                   "server_us": 1e6 * b["server_cpu_s"] / n, "postgres_us": 1e6 * b["postgres_cpu_s"] / n,
-                                   "other_cores": b["other_cpu_s"] / max(b["wall_s"], 1e-9)})
-    finally:
-        bench.tag = ""
-        bench.sql(f"ALTER TABLE telemetry_readings ENABLE TRIGGER {TRIGGER}")
-
-    def med(kind: str, key: str) -> float:
-        return statistics.median(x[key] for x in runs[kind])
-
-    w, wo = "with_rollups", "without_rollups"
-    cpu_w = med(w, "server_us") + med(w, "postgres_us")
-    cpu_wo = med(wo, "server_us") + med(wo, "postgres_us")
-    loss = 1 - med(w, "readings_per_s") / med(wo, "readings_per_s")
-    out = {"rounds": {k: [{kk: round(vv, 2) for kk, vv in x.items()} for x in v] for k, v in runs.items()},
-           "with_rollups_per_s": round(med(w, "readings_per_s")), "without_rollups_per_s": round(med(wo, "readings_per_s")),
-           "loss": round(loss, 3),
-           "cpu_us_per_reading": {"with_rollups": round(cpu_w, 2), "without_rollups": round(cpu_wo, 2)},
-           "postgres_us_per_reading": {"with_rollups": round(med(w, "postgres_us"), 2),
-                                       "without_rollups": round(med(wo, "postgres_us"), 2)},
-           "cpu_extra": round(cpu_w / cpu_wo - 1, 3) if cpu_wo else float("nan"),
-           "target": "loss <= 10%"}
-    bench.log(f"analytics upkeep: {out['with_rollups_per_s']:,} readings/s with rollups,"
-              f" {out['without_rollups_per_s']:,} without ({loss:.1%} loss); CPU per reading {cpu_w:.1f} vs"
-              f" {cpu_wo:.1f} us ({out['cpu_extra']:+.1%})")
-    return out
-
-
-def run(bench: Bench, srv: Gunicorn) -> dict[str, Any]:
-    """The whole phase: one call from bench/run.py, with the main service for the ingest A/B."""
+def run(bench: Bench) -> dict[str, Any]:
+    """The whole phase: one call from bench/run.py (the upkeep A/B brings its own servers)."""
     url, info = dataset(bench)
-    return {"dataset": info, "queries": query_latency(bench, url, info), "upkeep": upkeep(bench, srv)}
+    return {"dataset": info, "queries": query_latency(bench, url, info), "upkeep": rollup_upkeep.upkeep(bench)}
 
 
 def render(r: dict[str, Any]) -> list[str]:
-    u = r["upkeep"]
-    rates = {k: [round(x["readings_per_s"]) for x in v] for k, v in u["rounds"].items()}
-    return render_queries(r) + [
-        f"Rollup upkeep, batched JSON ingest (1,000 readings a request): {u['with_rollups_per_s']:,}"
-        f" readings/s with the trigger, {u['without_rollups_per_s']:,} without: {u['loss']:.1%} loss (target"
-        f" at most 10%; rounds {rates}). CPU of the service and its PostgreSQL backends per stored"
-        f" reading: {u['cpu_us_per_reading']['with_rollups']} us with, {u['cpu_us_per_reading']['without_rollups']}"
-        f" us without ({u['cpu_extra']:+.1%}); PostgreSQL alone {u['postgres_us_per_reading']['with_rollups']}"
-        f" vs {u['postgres_us_per_reading']['without_rollups']} us.", ""]
+    return render_queries(r) + rollup_upkeep.render(r["upkeep"])
 
 
 def render_queries(r: dict[str, Any]) -> list[str]:
@@ -300,16 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
     with scratch_database(admin, f"bench_analytics_ab_{os.getpid()}") as url:
         bench = Bench(Plan.make(args.quick), url, workdir)
-        srv = Gunicorn(url, workdir / "service")
-        try:
-            if args.queries_only:
-                data_url, info = dataset(bench)
-                results = {"dataset": info, "queries": query_latency(bench, data_url, info)}
-            else:
-                srv.start()
-                results = run(bench, srv)
-        finally:
-            srv.stop()
+        if args.queries_only:
+            data_url, info = dataset(bench)
+            results = {"dataset": info, "queries": query_latency(bench, data_url, info)}
+        else:
+            results = run(bench)
     del handle
     shutil.rmtree(workdir, ignore_errors=True)
     print("\n".join(render(results) if "upkeep" in results else render_queries(results)))

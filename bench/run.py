@@ -369,7 +369,7 @@ class Bench:
             r["dataset"] = self.phase("queries: generate data", self.generate)
             r["queries"] = self.phase("queries: HTTP", self.queries, srv)
             r["export"] = self.phase("export: CSV and NDJSON", export_phase, srv, self.url, r["dataset"], self.log)
-            r["analytics"] = self.phase("analytics: rollups vs raw, rollup upkeep", analytics.run, self, srv)
+            r["analytics"] = self.phase("analytics: rollups vs raw, rollup upkeep", analytics.run, self)
             srv.stop()  # its own one-worker servers next; the memory figures must not share the machine
             r["stream"] = self.phase("stream: commit-to-event latency, cost to ingest", stream_phase, self.url,
                                      self.workdir / "stream", self.plan.quick, self.log)
@@ -591,7 +591,8 @@ def phase_targets(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
             out.append((f"aggregate {name} p99 < {limit:g} ms (rollups; raw p99 {q['raw']['p99_ms']} ms)",
                         f"{p99} ms", p99 < limit))
         u = a["upkeep"]
-        out.append(("rollup upkeep costs <= 10% of batched ingest", f"{u['loss']:.1%}", u["loss"] <= 0.10))
+        out.append(("rollup upkeep costs <= 10% of batched ingest (worst of per-client and fleet-shaped requests)",
+                    f"{u['per_client']['loss']:.1%} / {u['fleet']['loss']:.1%}", u["loss"] <= 0.10))
     e = r.get("export")
     if e:
         for fmt in ("csv", "ndjson"):

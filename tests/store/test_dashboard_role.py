@@ -194,3 +194,25 @@ def test_the_password_command_refuses_a_short_password(database_url):
                          env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}, input="short\n",
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "at least 12 characters" in out.stderr
+
+
+def test_rollup_views_add_what_is_not_folded_yet(db):
+    # A panel over dashboard.rollup_1h sees a reading the moment it is committed (migration
+    # 0052): the same rows before the fold (from the tail) as after it (from the table).
+    from backend.store.rollups import merge_all
+
+    t0 = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    db.execute("INSERT INTO telemetry_readings (device_id, metric, ts, value) VALUES"
+               " ('a', 'alt', %s, 1), ('a', 'alt', %s, 5), ('b', 'alt', %s, 2)",
+               (t0, t0 + timedelta(minutes=61), t0 + timedelta(seconds=1)))
+    merge_all(db)
+    db.execute("INSERT INTO telemetry_readings (device_id, metric, ts, value) VALUES ('a', 'alt', %s, 3)",
+               (t0 + timedelta(minutes=30),))
+    query = ("SELECT device_id, bucket, count, sum, min, max, first_value, last_value FROM dashboard.rollup_1h"
+             " WHERE metric = 'alt' AND bucket >= %s ORDER BY 1, 2")
+    before = db.execute(query, (t0,)).fetchall()
+    assert db.execute("SELECT count(*) FROM public.telemetry_unrolled").fetchone()[0] == 1
+    assert before[0] == ("a", t0, 2, 4.0, 1.0, 3.0, 1.0, 3.0)
+    merge_all(db)
+    assert db.execute(query, (t0,)).fetchall() == before
+    assert [r[2] for r in before] == [2, 1, 1]
