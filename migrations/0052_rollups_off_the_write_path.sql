@@ -79,46 +79,34 @@ DECLARE
         FROM r GROUP BY 1, 2, 3
     ), up_m AS (
         INSERT INTO telemetry_rollup_1m AS t SELECT * FROM mi ORDER BY 1, 2, 3
-        ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-            count = t.count + excluded.count, sum = @ADD(t.sum, excluded.sum),
-            min = least(t.min, excluded.min), max = greatest(t.max, excluded.max),
-            first_value = CASE WHEN excluded.first_ts < t.first_ts THEN excluded.first_value ELSE t.first_value END,
-            first_ts = least(t.first_ts, excluded.first_ts),
-            last_value = CASE WHEN excluded.last_ts > t.last_ts THEN excluded.last_value ELSE t.last_value END,
-            last_ts = greatest(t.last_ts, excluded.last_ts)
+        @UPSERT
     ), ho AS (
-        SELECT mi.device_id, mi.metric, date_bin('1 hour', mi.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-               sum(mi.count)::bigint AS count, @SUM(mi.sum) AS sum, min(mi.min) AS min, max(mi.max) AS max,
-               min(mi.first_ts) AS first_ts, (array_agg(mi.first_value ORDER BY mi.first_ts))[1] AS first_value,
-               max(mi.last_ts) AS last_ts, (array_agg(mi.last_value ORDER BY mi.last_ts DESC))[1] AS last_value
-        FROM mi GROUP BY 1, 2, 3
+        @REGROUP(mi, 1 hour)
     ), up_h AS (
         INSERT INTO telemetry_rollup_1h AS t SELECT * FROM ho ORDER BY 1, 2, 3
-        ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-            count = t.count + excluded.count, sum = @ADD(t.sum, excluded.sum),
-            min = least(t.min, excluded.min), max = greatest(t.max, excluded.max),
-            first_value = CASE WHEN excluded.first_ts < t.first_ts THEN excluded.first_value ELSE t.first_value END,
-            first_ts = least(t.first_ts, excluded.first_ts),
-            last_value = CASE WHEN excluded.last_ts > t.last_ts THEN excluded.last_value ELSE t.last_value END,
-            last_ts = greatest(t.last_ts, excluded.last_ts)
+        @UPSERT
     ), da AS (
-        SELECT ho.device_id, ho.metric, date_bin('1 day', ho.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-               sum(ho.count)::bigint AS count, @SUM(ho.sum) AS sum, min(ho.min) AS min, max(ho.max) AS max,
-               min(ho.first_ts) AS first_ts, (array_agg(ho.first_value ORDER BY ho.first_ts))[1] AS first_value,
-               max(ho.last_ts) AS last_ts, (array_agg(ho.last_value ORDER BY ho.last_ts DESC))[1] AS last_value
-        FROM ho GROUP BY 1, 2, 3
+        @REGROUP(ho, 1 day)
     ), up_d AS (
         INSERT INTO telemetry_rollup_1d AS t SELECT * FROM da ORDER BY 1, 2, 3
-        ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-            count = t.count + excluded.count, sum = @ADD(t.sum, excluded.sum),
-            min = least(t.min, excluded.min), max = greatest(t.max, excluded.max),
-            first_value = CASE WHEN excluded.first_ts < t.first_ts THEN excluded.first_value ELSE t.first_value END,
-            first_ts = least(t.first_ts, excluded.first_ts),
-            last_value = CASE WHEN excluded.last_ts > t.last_ts THEN excluded.last_value ELSE t.last_value END,
-            last_ts = greatest(t.last_ts, excluded.last_ts)
+        @UPSERT
     )
     SELECT coalesce(sum(mi.count), 0) FROM mi
     $q$;
+    -- Each grain's upsert; and an hour or a day from the finer grain's rows (%1$s: those rows).
+    upsert CONSTANT text := $u$ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+            count = t.count + excluded.count, sum = @ADD(t.sum, excluded.sum),
+            min = least(t.min, excluded.min), max = greatest(t.max, excluded.max),
+            first_value = CASE WHEN excluded.first_ts < t.first_ts THEN excluded.first_value ELSE t.first_value END,
+            first_ts = least(t.first_ts, excluded.first_ts),
+            last_value = CASE WHEN excluded.last_ts > t.last_ts THEN excluded.last_value ELSE t.last_value END,
+            last_ts = greatest(t.last_ts, excluded.last_ts)$u$;
+    regroup CONSTANT text := $g$SELECT f.device_id, f.metric, date_bin('%2$s', f.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+               sum(f.count)::bigint AS count, @SUM(f.sum) AS sum, min(f.min) AS min, max(f.max) AS max,
+               min(f.first_ts) AS first_ts, (array_agg(f.first_value ORDER BY f.first_ts))[1] AS first_value,
+               max(f.last_ts) AS last_ts, (array_agg(f.last_value ORDER BY f.last_ts DESC))[1] AS last_value
+        FROM %1$s f GROUP BY 1, 2, 3$g$;
+    sql text;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(2116419589) THEN
         RETURN -1;
@@ -129,10 +117,12 @@ BEGIN
     IF upto IS NULL THEN
         RETURN 0;
     END IF;
+    sql := replace(replace(replace(fold, '@UPSERT', upsert), '@REGROUP(mi, 1 hour)', format(regroup, 'mi', '1 hour')),
+                   '@REGROUP(ho, 1 day)', format(regroup, 'ho', '1 day'));
     BEGIN
-        EXECUTE replace(replace(fold, '@SUM', 'sum'), '@ADD', 'float8pl') INTO folded USING cur, upto;
+        EXECUTE replace(replace(sql, '@SUM', 'sum'), '@ADD', 'float8pl') INTO folded USING cur, upto;
     EXCEPTION WHEN numeric_value_out_of_range THEN
-        EXECUTE replace(replace(fold, '@SUM', 'telemetry_sat_sum'), '@ADD', 'telemetry_sat_add')
+        EXECUTE replace(replace(sql, '@SUM', 'telemetry_sat_sum'), '@ADD', 'telemetry_sat_add')
             INTO folded USING cur, upto;
     END;
     INSERT INTO telemetry_rollup_cursor (last_id) VALUES (upto)
