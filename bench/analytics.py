@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from backend.store.migrations import migrate
+from backend.store.migrations import MigrationChanged, migrate
 from backend.store.partitions import month_start
 
 from . import rollup_upkeep
@@ -98,7 +98,7 @@ def dataset(bench: Bench) -> tuple[str, dict[str, Any]]:
             applied = migrate(url)
             bench.log(f"analytics: reusing database {name} (stamp {want}; migrations applied now: {applied})")
             return url, {**row[1], "reused": True}
-    except psycopg.Error:
+    except (psycopg.Error, MigrationChanged):  # missing, or made by a tree whose migrations differ: made again
         pass
     with psycopg.connect(bench.url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
