@@ -66,7 +66,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     buffer = write_path.buffer
     catalogue = FieldCatalogue.for_buffer(GuardedPool(pool, write_path.circuit), buffer, cfg)
     maintenance = Maintenance(pool, cfg.partitions_ahead_months, policy=RetentionPolicy.from_config(cfg))
-    rollups = RollupMerger(pool, cfg.rollup_merge_interval_s)  # folds committed readings (migrations/0052)
+    rollups = RollupMerger(pool, cfg.rollup_merge_interval_s, cfg.stream_retention_s)  # folds committed readings (migrations/0052)
     checks = HealthCheck(cfg, database, pool, buffer, write_path.spool)
 
     app = Flask("backend")

@@ -23,13 +23,11 @@ from psycopg_pool import AsyncConnectionPool
 from backend.live.frames import StreamEvent, events_of_row, split_event_id
 from backend.live.hub import Hub
 from backend.live.publisher import CHANNEL
+from backend.store.rollups import PRUNE_BATCH, PRUNE_EVERY_S, PRUNE_LOCK, PRUNE_SQL
 
 log = logging.getLogger(__name__)
 
 PAGE_ROWS = 200
-CLEANUP_EVERY_S = 30.0
-CLEANUP_BATCH = 5000
-CLEANUP_LOCK = 1936029293  # one stream process at a time deletes old rows
 
 
 def _loads(data: bytes | str) -> object:
@@ -193,7 +191,7 @@ class EventFeed:
 
     async def _cleanup(self) -> None:
         while True:
-            await asyncio.sleep(CLEANUP_EVERY_S)
+            await asyncio.sleep(PRUNE_EVERY_S)
             try:
                 await self.delete_expired()
             except (psycopg.Error, OSError) as exc:
@@ -207,16 +205,12 @@ class EventFeed:
                 # transaction-mode pooler cannot leak, unlike a session lock.
                 async with conn.transaction():
                     got = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)",
-                                                    (CLEANUP_LOCK,))).fetchone()
+                                                    (PRUNE_LOCK,))).fetchone()
                     if not got or not got[0]:
                         return deleted
-                    cur = await conn.execute(
-                        "DELETE FROM stream_events WHERE id IN (SELECT id FROM stream_events"
-                        " WHERE created_at < now() - make_interval(secs => %s)"
-                        # the rollups' tail: not folded yet (migrations/0052)
-                        " AND id <= (SELECT last_id FROM telemetry_rollup_cursor) ORDER BY id LIMIT %s)",
-                        (self.retention_s, CLEANUP_BATCH))
+                    # The rule the rollup merger prunes by too (backend/store/rollups.py).
+                    cur = await conn.execute(PRUNE_SQL, (self.retention_s, PRUNE_BATCH))
                 deleted += cur.rowcount
-                if cur.rowcount < CLEANUP_BATCH:
+                if cur.rowcount < PRUNE_BATCH:
                     return deleted
                 await asyncio.sleep(0)
