@@ -447,6 +447,11 @@ def test_readings_in_flight_per_worker_are_bounded_with_503_and_retry_after(make
     assert 10_000 < len(big) // 20 < 20_000  # the estimate before parsing: ~20 bytes a reading
     sock = _start_slow_upload(server, big, 100)
     try:
+        # The slow body must hold its share before the second is sent: sent at once, on a loaded
+        # machine the second could be admitted first and the slow one refused (CI saw it).
+        wait_for(lambda: server.get("/telemetry/batch/status?scope=worker").json()["admission"]
+                 ["readings_in_flight"] > 0, timeout=10)
+
         def refused():
             r = server.post("/telemetry/parse", data=big, headers={**RAW, "X-Device-Id": "second"})
             return [r] if r.status_code == 503 else None  # a list: a 503 Response is falsy
