@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 log = logging.getLogger(__name__)
 
 EVENTS_PER_FOLD = 100  # stream_events rows (of up to 10,000 readings) per transaction
+MERGE_LOCK = 2116419589  # the try-lock telemetry_rollup_merge() takes (migrations/0052)
 PRUNE_EVERY_S = 30.0
 PRUNE_BATCH = 5000
 # One cleaner at a time across processes and instances (the stream's feed takes it too). A
@@ -41,11 +42,11 @@ def merge(conn: psycopg.Connection, events: int = EVENTS_PER_FOLD) -> int:
 
 
 def merge_all(conn: psycopg.Connection) -> int:
-    """Fold until nothing is left past the cursor (tests, the bench, `python -m backend`)."""
+    """Fold until nothing is left past the cursor (tests and the bench; workers use RollupMerger)."""
     total = 0
     while (n := merge(conn)) != 0:
         if n < 0:  # another session holds the lock: wait for its fold, then look again
-            conn.execute("SELECT pg_advisory_xact_lock(2116419589)")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MERGE_LOCK,))
             continue
         total += n
     return total
