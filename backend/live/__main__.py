@@ -18,6 +18,7 @@ from backend.live.secret import token_secret
 from backend.live.server import StreamServer
 from backend.live.socketio_bridge import SocketIOBridge
 from backend.live.tokens import StreamTokens
+from backend.ops import heap
 from backend.ops.multiproc import ENV as MULTIPROC_ENV
 
 log = logging.getLogger("backend.live")
@@ -43,6 +44,7 @@ async def serve(cfg: Config) -> None:
     await runner.setup()
     site = web.TCPSite(runner, cfg.stream_host, cfg.stream_port, backlog=2048, reuse_address=True)
     await site.start()
+    heap.settle()  # full collections were this process's longest pauses (backend/ops/heap.py)
     log.info("stream on http://%s:%s/api/stream (wake-ups: %s)", cfg.stream_host, cfg.stream_port,
              "LISTEN/NOTIFY and Redis" if cfg.redis_url else "LISTEN/NOTIFY")
     stop = asyncio.Event()
