@@ -114,7 +114,7 @@ class Config(BaseModel):
     stream_poll_s: Positive = 1.0  # re-read stream_events this often even without a wake-up
     # At most one read of new rows (and one write per subscriber) per this many ms: the wake-ups
     # of commits closer together than that are served by one read (docs/stream.md, Figures).
-    stream_coalesce_ms: Annotated[int, Field(ge=0, le=1000)] = 50
+    stream_coalesce_ms: Annotated[int, Field(ge=0, le=1000)] = 100
     stream_retention_s: Annotated[int, Field(ge=60)] = 900
     stream_max_subscribers: Count = 5000
     stream_socketio_public: bool = False  # Socket.IO without a token (seed 002's dashboard sends none)
