@@ -18,9 +18,10 @@ import gc
 GEN0_THRESHOLD = 50_000
 
 
-def settle(gen0: int = GEN0_THRESHOLD) -> None:
+def settle(gen0: int = GEN0_THRESHOLD, older: int = 20) -> None:
     """Call once start-up is done: what exists by then (modules, the app, its pools) is frozen,
-    out of every later collection, and young collections run less often."""
+    out of every later collection, and young collections run after `gen0` new containers
+    (the older generations after `older` collections of the one below)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(gen0, 20, 20)
+    gc.set_threshold(gen0, older, older)
