@@ -73,7 +73,7 @@ from .line_protocol import render as render_line_protocol
 from .load import WRK_MISSING, get_sequential, percentile, post_all, run_wrk, wrk_path, wrk_version
 from .mqtt import mqtt_ingest
 from .mqtt import render as render_mqtt
-from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch
+from .server import GENEROUS_LIMITS, ROOT, Gunicorn, ProcWatch, wait_for_quiet
 from .stream import render_stream, stream_phase, stream_targets
 
 DOC_PATH = ROOT / "docs" / "benchmarks.md"
@@ -445,17 +445,6 @@ def resolve_admin_url(explicit: str | None) -> tuple[str, Any]:
 
     print("[bench] no PostgreSQL reachable; starting the embedded one", file=sys.stderr)
     return start_embedded(tempfile.mkdtemp(prefix="bench-pg-"), cleanup="delete")
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait (up to max_wait s) until other jobs leave the CPUs mostly idle; returns the last busy share."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy = psutil.cpu_percent(interval=2.0) / 100
-        if busy <= threshold or time.monotonic() >= deadline:
-            return busy
-        print(f"[bench] the machine is {busy:.0%} busy before the start (other jobs); waiting up to"
-              f" {deadline - time.monotonic():.0f} s more for it to calm down", flush=True)
 
 
 def with_dbname(url: str, name: str) -> str:

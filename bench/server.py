@@ -242,3 +242,14 @@ class ProcWatch:
 def _busy_idle(t) -> tuple[float, float]:
     busy = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
     return busy, t.idle + getattr(t, "iowait", 0.0)
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (up to max_wait s) until other jobs leave the CPUs mostly idle; returns the last busy share."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = psutil.cpu_percent(interval=2.0) / 100
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
+        print(f"[bench] the machine is {busy:.0%} busy before the start (other jobs); waiting up to"
+              f" {deadline - time.monotonic():.0f} s more for it to calm down", flush=True)
