@@ -3,11 +3,10 @@
 The stream process parses every committed reading into a list. With CPython's default
 thresholds (700, 10, 10) the readings of one read (a flush is up to 5,000 of them; a busy
 read holds a few flushes) outlive several young collections while they are parsed and
-dispatched, get promoted, and keep triggering full
-collections over the whole heap (every module, every open connection). One stream bench
-(docs/stream.md) counted 24 full collections of up to 248 ms, 3 s in all, in one process: they
-were the 99th percentile of commit-to-event latency. Settled, the same run had 2 full
-collections of at most 36 ms.
+dispatched, get promoted, and keep triggering full collections over the whole heap (every
+module, every open connection). One stream bench (docs/stream.md) counted 24 full
+collections of up to 248 ms, 3 s in all, in one process: they were the 99th percentile of
+commit-to-event latency. Settled, the same run had 2 full collections of at most 36 ms.
 """
 
 from __future__ import annotations
