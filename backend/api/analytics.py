@@ -15,11 +15,19 @@ from backend.analytics import cursor
 from backend.analytics.buckets import BUCKET_NAMES, BucketSpec, zone
 from backend.analytics.fill import FILLS
 from backend.analytics.lttb import lttb_indices
-from backend.analytics.series import shape
+from backend.analytics.rollup_choice import Plan
+from backend.analytics.series import SeriesKey, shape
 from backend.api.params import Param, choice, integer, text, text_list, timestamp
 from backend.api.responses import now_iso
 from backend.ingest.parsing.base import MAX_DEVICE_ID_LEN, MAX_NAME_LEN
-from backend.store.aggregates import AGGREGATES, AggregateRequest, AggregateRow, fetch_aggregate
+from backend.store.aggregates import (
+    AGGREGATES,
+    AggregateRequest,
+    AggregateRow,
+    SeriesColumns,
+    fetch_aggregate,
+    fetch_series,
+)
 from backend.store.queries import QueryError, ReadingQuery, fetch_numeric, fetch_page, iso, shift, value_of
 
 # Gap filling lists every bucket of every series: bounded so one request cannot ask for
@@ -42,6 +50,8 @@ AGGREGATE_PARAMS: tuple[Param, ...] = (
     integer("downsample", None, 2, 100_000),
     choice("group_by", ("device", "fleet"), "device"),
     choice("source", ("auto", "raw"), "auto"),  # raw: the same answer from raw rows only
+    # rows: an object per point; series: arrays per (device, metric), the same points
+    choice("layout", ("rows", "series"), "rows"),
 )
 
 
@@ -92,7 +102,8 @@ def _plain_rows(rows: list[AggregateRow], fleet: bool, one_metric: bool) -> list
     return [{"bucket": lab[b], "device_id": d, "metric": m, "value": v, "count": c} for b, d, m, v, c in rows]
 
 
-def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
+def _request(p: dict[str, Any]) -> AggregateRequest:
+    """The request's parameters checked against each other (each alone is checked by api/params)."""
     metrics: list[str] = list(dict.fromkeys(p["metric"]))
     if not metrics:
         raise QueryError("metric: required (one or several, comma-separated or repeated)")
@@ -100,34 +111,56 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
     start = p["start"] or shift(end, -timedelta(hours=24))
     if start > end:
         raise QueryError("start is after end")
-    tz = p["tz"]
-    z = zone(tz)
-    spec = BucketSpec(p["bucket"], tz)
+    spec = BucketSpec(p["bucket"], p["tz"])
     fleet = p["group_by"] == "fleet"
     devices: list[str] = list(dict.fromkeys(p["device_id"]))
-    filling = p["fill"] != "none"
-    if filling:
+    if p["fill"] != "none":
         n = spec.approx_count(start, end)
         series = len(metrics) * (1 if fleet else max(1, len(devices)))
         if n > MAX_FILLED_BUCKETS or n * series > MAX_FILLED_POINTS:
             raise QueryError(f"fill: {p['fill']} over this range makes about {int(n)} {spec.name} buckets per series;"
                              f" at most {MAX_FILLED_BUCKETS} (and {MAX_FILLED_POINTS} points): narrow start..end"
                              " or choose a larger bucket")
-    req = AggregateRequest(metrics=metrics, devices=devices, start=start, end=end, spec=spec, agg=p["agg"],
-                           fleet=fleet, allow_rollups=p["source"] == "auto")
+    return AggregateRequest(metrics=metrics, devices=devices, start=start, end=end, spec=spec, agg=p["agg"],
+                            fleet=fleet, allow_rollups=p["source"] == "auto")
+
+
+class _Labels:
+    """Each distinct bucket's labels, formatted once: UTC, and local when tz is not UTC."""
+
+    def __init__(self, tz: str) -> None:
+        self.zone = zone(tz) if tz != "UTC" else None
+        self._done: dict[int, tuple[str, str]] = {}
+
+    def __call__(self, bucket: int) -> tuple[str, str]:
+        label = self._done.get(bucket)
+        if label is None:
+            local = datetime.fromtimestamp(bucket, self.zone).isoformat() if self.zone is not None else ""
+            label = self._done[bucket] = (_utc_label(bucket), local)
+        return label
+
+
+def _series_keys(req: AggregateRequest) -> list[SeriesKey]:
+    """The series shown even without rows when filling: every device and metric asked for."""
+    if req.fleet:
+        return [(None, m) for m in req.metrics]
+    return [(d, m) for d in req.devices for m in req.metrics]
+
+
+def _rows(pool: ConnectionPool, req: AggregateRequest, p: dict[str, Any]) -> tuple[Plan, list[dict[str, Any]]]:
+    """layout=rows: one object per (bucket, series), by bucket, device, metric."""
+    filling, local, one_metric = p["fill"] != "none", p["tz"] != "UTC", len(req.metrics) == 1
     result = fetch_aggregate(pool, req, with_buckets=filling)
-    one_metric = len(metrics) == 1
-    local = tz != "UTC"
-    labels: dict[int, tuple[str, str]] = {}  # few distinct buckets, many rows: format each once
+    if not filling and p["downsample"] is None and not local:
+        return result.plan, _plain_rows(result.rows, req.fleet, one_metric)  # in (bucket, device, metric) order from SQL
+    labels = _Labels(p["tz"])
 
     def row(bucket: int, device: str | None, metric: str, value: float | None, count: int) -> dict[str, Any]:
-        label = labels.get(bucket)
-        if label is None:
-            label = labels[bucket] = (_utc_label(bucket), datetime.fromtimestamp(bucket, z).isoformat() if local else "")
-        out: dict[str, Any] = {"bucket": label[0]}
+        utc, there = labels(bucket)
+        out: dict[str, Any] = {"bucket": utc}
         if local:
-            out["bucket_local"] = label[1]
-        if not fleet:
+            out["bucket_local"] = there
+        if not req.fleet:
             out["device_id"] = device
         if not one_metric:  # one metric: rows as before (bucket, device_id, value, count)
             out["metric"] = metric
@@ -135,22 +168,63 @@ def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
         out["count"] = count
         return out
 
-    if not filling and p["downsample"] is None and not local:
-        data = _plain_rows(result.rows, fleet, one_metric)  # in (bucket, device, metric) order from SQL
-    elif not filling and p["downsample"] is None:
-        data = [row(*r) for r in result.rows]
+    if not filling and p["downsample"] is None:
+        return result.plan, [row(*r) for r in result.rows]
+    data = [row(pt.bucket, device, metric, pt.value, pt.count)
+            for (device, metric), points in shape(result.rows, _series_keys(req), result.buckets, p["fill"],
+                                                  p["downsample"])
+            for pt in points]
+    data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
+    return result.plan, data
+
+
+def _series(pool: ConnectionPool, req: AggregateRequest, p: dict[str, Any]) -> tuple[Plan, list[dict[str, Any]]]:
+    """layout=series: one object per (device, metric) with its buckets, values and counts as arrays.
+
+    The same points as layout=rows, regrouped. Without fill or downsample PostgreSQL groups
+    them (fetch_series: no sort, a row per series); otherwise they come from shape().
+    """
+    columns: list[SeriesColumns]
+    if p["fill"] == "none" and p["downsample"] is None:
+        result = fetch_series(pool, req)
+        plan_, columns = result.plan, result.series
     else:
-        keys = [(None, m) for m in metrics] if fleet else [(d, m) for d in devices for m in metrics]
-        data = [row(pt.bucket, device, metric, pt.value, pt.count)
-                for (device, metric), points in shape(result.rows, keys, result.buckets, p["fill"], p["downsample"])
-                for pt in points]
-        data.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
+        rows = fetch_aggregate(pool, req, with_buckets=p["fill"] != "none")
+        plan_ = rows.plan
+        columns = [(d, m, [pt.bucket for pt in pts], [pt.value for pt in pts], [pt.count for pt in pts])
+                   for (d, m), pts in shape(rows.rows, _series_keys(req), rows.buckets, p["fill"], p["downsample"])]
+    labels = _Labels(p["tz"])
+    utc = utc_labels(b for c in columns for b in c[2]) if labels.zone is None else {}
+    out = []
+    for device, metric, buckets, values, counts in columns:
+        one: dict[str, Any] = {} if req.fleet else {"device_id": device}
+        one["metric"] = metric
+        if labels.zone is None:
+            one["buckets"] = [utc[b] for b in buckets]
+        else:
+            both = [labels(b) for b in buckets]
+            one["buckets"] = [u for u, _ in both]
+            one["buckets_local"] = [t for _, t in both]
+        one["values"] = values
+        one["counts"] = counts
+        out.append(one)
+    return plan_, out
+
+
+def aggregate_answer(pool: ConnectionPool, p: dict[str, Any]) -> dict[str, Any]:
+    req = _request(p)
+    if p["layout"] == "series":
+        plan_, series = _series(pool, req, p)
+        points: dict[str, Any] = {"series": series, "count": sum(len(s["buckets"]) for s in series)}
+    else:
+        plan_, data = _rows(pool, req, p)
+        points = {"data": data, "count": len(data)}
     return {
-        "success": True, "metric": metrics[0] if len(metrics) == 1 else metrics, "metrics": metrics,
-        "bucket": spec.name, "agg": req.agg, "tz": tz, "fill": p["fill"], "group_by": p["group_by"],
-        "start": iso(start), "end": iso(end), "source": result.plan.source,
-        "segments": [{"source": s.source, "start": iso(s.start), "end": iso(s.end)} for s in result.plan.segments],
-        "data": data, "count": len(data), "timestamp": now_iso(),
+        "success": True, "metric": req.metrics[0] if len(req.metrics) == 1 else req.metrics, "metrics": req.metrics,
+        "bucket": req.spec.name, "agg": req.agg, "tz": p["tz"], "fill": p["fill"], "group_by": p["group_by"],
+        "layout": p["layout"], "start": iso(req.start), "end": iso(req.end), "source": plan_.source,
+        "segments": [{"source": s.source, "start": iso(s.start), "end": iso(s.end)} for s in plan_.segments],
+        **points, "timestamp": now_iso(),
     }
 
 

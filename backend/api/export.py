@@ -45,8 +45,9 @@ MIMETYPES = {"csv": "text/csv", "ndjson": "application/x-ndjson"}  # Flask adds 
 QUERY_ONLY = ("hours", "limit", "order_by", "desc")
 _SHARED = ("metric", "device_id", "start", "end")
 # The aggregate's own parameters, without their defaults here (None = not given), so that
-# one given with kind=query is refused; _aggregate_params() puts the defaults back.
-_AGGREGATE_OWN = {p.name: p for p in AGGREGATE_PARAMS if p.name not in _SHARED}
+# one given with kind=query is refused; _aggregate_params() puts the defaults back. Not
+# `layout`: an export is rows (a line each), so layout is an unknown parameter here (400).
+_AGGREGATE_OWN = {p.name: p for p in AGGREGATE_PARAMS if p.name not in (*_SHARED, "layout")}
 AGGREGATE_ONLY = tuple(_AGGREGATE_OWN)
 
 
@@ -118,7 +119,7 @@ def _aggregate_params(p: dict[str, Any]) -> dict[str, Any]:
     if not p["metric"]:
         raise _WrongKind("metric", "required with kind=aggregate (one or several)")
     own = {name: p[name] if p[name] is not None else spec.default for name, spec in _AGGREGATE_OWN.items()}
-    return {**{name: p[name] for name in _SHARED}, **own}
+    return {**{name: p[name] for name in _SHARED}, **own, "layout": "rows"}
 
 
 def _readings(p: dict[str, Any], fmt: str) -> ExportStatement:

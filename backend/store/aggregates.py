@@ -104,8 +104,14 @@ _Shape = tuple[tuple[str, ...], int, int, bool, str, str, int, tuple[bool, ...]]
 
 
 @functools.lru_cache(maxsize=512)
-def _statement(shape: _Shape) -> str:
-    """The SQL of one shape, composed once: composing it per request cost more CPU than parsing its rows."""
+def _statement(shape: _Shape, by_series: bool = False) -> str:
+    """The SQL of one shape, composed once: composing it per request cost more CPU than parsing its rows.
+
+    by_series: one row per series (device or NULL, metric, then arrays of bucket, value and count),
+    grouped by PostgreSQL without a sort; the caller orders each series' points. A year of days
+    for 100 devices is 100 rows instead of 36,600: the sort by bucket and device (half the
+    statement's time) and the conversion of each row go.
+    """
     sources, n_metrics, n_devices, fleet, agg, bexpr, direct, edge_devices = shape
     metric = _filter("metric", n_metrics, "metric")
     device = _filter("device_id", n_devices, "device")
@@ -157,7 +163,11 @@ def _statement(shape: _Shape) -> str:
         parts.append(rowwise + serial.replace(" WHERE ", " AND "))
     with_tail = (f"WITH tail AS MATERIALIZED (SELECT device_id, metric, ts, value FROM telemetry_unrolled"
                  f" WHERE true{metric}{device}) ") if tail else ""
-    return with_tail + " UNION ALL ".join(parts) + " ORDER BY 1, 2, 3"
+    body = " UNION ALL ".join(parts)
+    if by_series:
+        return (with_tail + "SELECT s.d, s.m, array_agg(s.b), array_agg(s.v), array_agg(s.c) FROM (" + body
+                + ") s(b, d, m, v, c) GROUP BY 1, 2")
+    return with_tail + body + " ORDER BY 1, 2, 3"
 
 
 def _direct_segment(req: AggregateRequest, p: Plan) -> int:
@@ -198,7 +208,8 @@ def bucket_list(spec: BucketSpec, start: datetime, end: datetime, conn: Any = No
     return [r[0] for r in rows]
 
 
-def fetch_aggregate(pool: ConnectionPool, req: AggregateRequest, with_buckets: bool = False) -> AggregateResult:
+def _prepared(req: AggregateRequest) -> tuple[Plan, dict[str, Any], _Shape]:
+    """The plan of a request, its statement's parameters and its shape (the statement's text)."""
     p = plan(req.spec, req.start, req.end, req.allow_rollups)
     rollups = p.source != RAW
     params: dict[str, Any] = {"metric": req.metrics[0] if len(req.metrics) == 1 else req.metrics,
@@ -217,6 +228,11 @@ def fetch_aggregate(pool: ConnectionPool, req: AggregateRequest, with_buckets: b
         edge_devices.append(edge)
     shape: _Shape = (tuple(s.source for s in p.segments), min(len(req.metrics), 2), min(len(req.devices), 2),
                      req.fleet, req.agg, _bucket_expr(req.spec), _direct_segment(req, p), tuple(edge_devices))
+    return p, params, shape
+
+
+def fetch_aggregate(pool: ConnectionPool, req: AggregateRequest, with_buckets: bool = False) -> AggregateResult:
+    p, params, shape = _prepared(req)
     rows: list[tuple] = []
     buckets = None
     # One statement, one round trip: no transaction around it (see _statement for the plan).
@@ -227,3 +243,31 @@ def fetch_aggregate(pool: ConnectionPool, req: AggregateRequest, with_buckets: b
         if with_buckets:
             buckets = bucket_list(req.spec, req.start, req.end, conn)
     return AggregateResult(p, rows, buckets)
+
+
+# One series of an aggregate, column by column: (device_id or None fleet-wide, metric, bucket
+# starts in epoch seconds ascending, values, counts).
+SeriesColumns = tuple[str | None, str, list[int], list[float | None], list[int]]
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    plan: Plan
+    series: list[SeriesColumns]  # by (device_id, metric)
+
+
+def fetch_series(pool: ConnectionPool, req: AggregateRequest) -> SeriesResult:
+    """The same aggregate as fetch_aggregate, as columns per series (the rows regrouped)."""
+    p, params, shape = _prepared(req)
+    if not p.segments:
+        return SeriesResult(p, [])
+    with pool.connection() as conn:
+        rows = conn.cursor(binary=True).execute(_statement(shape, by_series=True), params).fetchall()
+    out: list[SeriesColumns] = []
+    for device, metric, buckets, values, counts in rows:
+        if buckets != sorted(buckets):  # array_agg keeps the scan's order: usually time order already
+            order = sorted(range(len(buckets)), key=buckets.__getitem__)
+            buckets, values, counts = ([col[i] for i in order] for col in (buckets, values, counts))
+        out.append((device, metric, buckets, values, counts))
+    out.sort(key=lambda s: (s[0] or "", s[1]))
+    return SeriesResult(p, out)

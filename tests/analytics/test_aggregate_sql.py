@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from backend.analytics.buckets import BucketSpec
 from backend.store import aggregates
-from backend.store.aggregates import AggregateRequest, fetch_aggregate
+from backend.store.aggregates import AggregateRequest, fetch_aggregate, fetch_series
 
 T0 = datetime(2026, 5, 10, tzinfo=UTC)
 
@@ -85,3 +85,33 @@ def test_statement_text_is_composed_once_per_shape(db):
                                                spec=BucketSpec("1h")))
     info = aggregates._statement.cache_info()
     assert (info.misses, info.hits) == (1, 2) and len(set(pool.statements)) == 1
+
+
+def test_series_are_the_rows_regrouped_in_time_order_whatever_the_storage_order(db):
+    # Newest day first on disk: array_agg takes the scan's order, fetch_series puts each series in time order.
+    db.execute("INSERT INTO telemetry_rollup_1d (device_id, metric, bucket, count, sum, min, max, first_ts,"
+               " first_value, last_ts, last_value) SELECT 'd' || d, m, b, d, d * k, 0, d * k, b, 0, b, 0"
+               " FROM generate_series(%s::timestamptz, %s, '-1 day') WITH ORDINALITY g(b, k),"
+               " generate_series(1, 3) d, unnest(ARRAY['alt', 'pitch']) m", (T0, T0 - timedelta(days=40)))
+    pool = _Pool(db)
+    for fleet in (False, True):
+        req = AggregateRequest(metrics=["alt", "pitch"], devices=[], start=T0 - timedelta(days=40),
+                               end=T0 + timedelta(days=1), spec=BucketSpec("1d"), fleet=fleet)
+        rows = fetch_aggregate(pool, req).rows
+        series = fetch_series(pool, req).series
+        assert [s[:2] for s in series] == sorted({r[1:3] for r in rows}, key=lambda k: (k[0] or "", k[1]))
+        regrouped = sorted(((b, d, m, v, c) for d, m, bs, vs, cs in series for b, v, c in zip(bs, vs, cs, strict=True)),
+                           key=lambda r: (r[0], r[1] or "", r[2]))
+        assert regrouped == rows and len(rows) == 41 * 2 * (1 if fleet else 3)
+        assert all(s[2] == sorted(s[2]) for s in series)
+
+
+class _Pool:
+    """A pool of one connection (the test's own)."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    @contextmanager
+    def connection(self):
+        yield self.conn

@@ -188,6 +188,27 @@ def _by_key(body: dict, fleet: bool) -> dict[tuple, tuple[float, int]]:
             for d in body["data"]}
 
 
+def _as_rows(body: dict) -> list[dict]:
+    """layout=series regrouped as layout=rows gives them: an object per point, by bucket, device, metric."""
+    assert body["layout"] == "series" and "data" not in body
+    one_metric = len(body["metrics"]) == 1
+    rows = []
+    for s in body["series"]:
+        assert len(s["buckets"]) == len(s["values"]) == len(s["counts"]) and s["buckets"] == sorted(s["buckets"])
+        for i, bucket in enumerate(s["buckets"]):
+            row = {"bucket": bucket}
+            if "buckets_local" in s:
+                row["bucket_local"] = s["buckets_local"][i]
+            if "device_id" in s:
+                row["device_id"] = s["device_id"]
+            if not one_metric:
+                row["metric"] = s["metric"]
+            rows.append({**row, "value": s["values"][i], "count": s["counts"][i]})
+    rows.sort(key=lambda r: (r["bucket"], r.get("device_id") or "", r.get("metric") or ""))
+    assert body["count"] == len(rows)
+    return rows
+
+
 def _same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -219,6 +240,9 @@ def test_aggregate_from_rollups_equals_raw(client, db, batches, queries, folded)
         auto = _answer(client, **params)
         raw = _answer(client, **params, source="raw")
         assert raw["source"] == "raw"
+        # The same points as arrays per series, from the same plan (PostgreSQL groups them).
+        series = _answer(client, **params, layout="series")
+        assert series["source"] == auto["source"] and _as_rows(series) == auto["data"]
         want = _reference(db, "alt", bucket, agg, tz, start, end, fleet)
         _same(_by_key(auto, fleet), want)
         _same(_by_key(raw, fleet), want)
@@ -272,7 +296,7 @@ def test_berlin_dst_days_have_23_and_25_hourly_buckets(client, db, day, hours):
 def test_unknown_tz_and_bad_parameters_are_400(client, db):
     r = client.get("/telemetry/aggregate?metric=alt&tz=Mars/Olympus")
     assert r.status_code == 400 and "tz" in r.json["error"] and "Mars/Olympus" in r.json["error"]
-    for qs, name in [("fill=zero", "fill"), ("downsample=1", "downsample"), ("group_by=site", "group_by"),
+    for qs, name in [("fill=zero", "fill"), ("layout=columns", "layout"), ("downsample=1", "downsample"), ("group_by=site", "group_by"),
                      ("bucket=2d", "bucket"), ("fill=null&bucket=1s&start=2020-01-01&end=2026-01-01", "fill")]:
         r = client.get("/telemetry/aggregate?metric=alt&" + qs)
         assert r.status_code == 400 and r.json["error"].startswith(name), (qs, r.json)
@@ -299,3 +323,14 @@ def test_several_metrics_devices_fill_and_downsample(client, db):
     assert [d["value"] for d in fleet["data"]][:4] == [0, 0, 6, 6] and "device_id" not in fleet["data"][0]
     down = _answer(client, metric="alt", device_id="a", bucket="1m", downsample=5, **span)
     assert [d["bucket"][11:16] for d in down["data"]][0] == "20:00" and len(down["data"]) == 5
+    for params in ({"metric": "alt,pitch", "device_id": "a,b", "fill": "linear"},
+                   {"metric": "alt", "group_by": "fleet", "agg": "sum", "fill": "previous"},
+                   {"metric": "alt", "device_id": "a", "downsample": 5},
+                   {"metric": "alt,pitch", "tz": "Europe/Berlin"}):
+        rows = _answer(client, bucket="1m", **params, **span)
+        series = _answer(client, bucket="1m", layout="series", **params, **span)
+        assert _as_rows(series) == rows["data"], params
+    filled = _answer(client, metric="alt,pitch", device_id="a,b", bucket="1m", fill="null", layout="series", **span)
+    assert [(s["device_id"], s["metric"]) for s in filled["series"]] == [
+        ("a", "alt"), ("a", "pitch"), ("b", "alt"), ("b", "pitch")]
+    assert filled["series"][3]["values"] == [None] * 60 and len(filled["series"][3]["buckets"]) == 60

@@ -115,6 +115,7 @@ def test_aggregate_export_equals_the_aggregate_answer(client, readings, agg):
     ({"bucket": "1h"}, "bucket"),  # an aggregate's parameter on a query export
     ({"kind": "aggregate", "metric": "alt", "limit": "5"}, "limit"),
     ({"kind": "aggregate"}, "metric"),
+    ({"kind": "aggregate", "metric": "alt", "layout": "series"}, "layout"),  # an export is rows
     ({"limit": "0"}, "limit"),
     ({"start": "yesterday"}, "start"),
     ({"order_by": "colour"}, "order_by"),

@@ -34,18 +34,27 @@ AGGREGATE_ROW = obj("bucket", "value", "count", bucket=TIME, bucket_local={"type
     "the bucket's start in `tz`, with its offset (only when tz is not UTC)")}, device_id=STR,
     metric={"type": "string", "description": "only when several metrics were asked"}, value=nullable(NUM),
     count=INT)
+AGGREGATE_SERIES = obj(
+    "metric", "buckets", "values", "counts", device_id={"type": "string", "description": "not with group_by=fleet"},
+    metric=STR, buckets=arr(TIME), buckets_local={**arr(STR), "description": "only when tz is not UTC"},
+    values=arr(nullable(NUM)), counts=arr(INT))
 AGGREGATE = envelope(
-    "data", "count", "metric", "metrics", "bucket", "agg", "start", "end",
+    "count", "metric", "metrics", "bucket", "agg", "start", "end", "layout",
     metric={"anyOf": [STR, arr(STR)], "description": "the metric, or the list when several were asked"},
     metrics=arr(STR), bucket=STR, agg=STR, tz=STR, fill=STR, group_by={"enum": ["device", "fleet"]},
     start=TIME, end=TIME, source={"type": "string", "description": "raw, a rollup, or mixed"},
     segments=arr(obj("source", "start", "end", source=STR, start=TIME, end=TIME)), count=INT,
-    data=arr(AGGREGATE_ROW))
+    layout={"enum": ["rows", "series"]},
+    data={**arr(AGGREGATE_ROW), "description": "layout=rows"},
+    series={**arr(AGGREGATE_SERIES), "description": "layout=series: the same points, as arrays per series"})
 AGGREGATE_TEXT = ("One or several metrics (repeated or comma-separated), per device or for the fleet"
                   " (group_by=fleet: rows without device_id), in buckets of `tz` (calendar buckets follow its"
                   " days). `source`: which store answered (rollups where they cover the range, raw rows"
                   " elsewhere; `segments` lists each part); source=raw reads raw rows only. `fill` makes a row"
-                  " for every bucket of every series; `downsample=n` keeps at most n buckets per series.")
+                  " for every bucket of every series; `downsample=n` keeps at most n buckets per series."
+                  " layout=rows (default): `data`, an object per point, by bucket, device and metric;"
+                  " layout=series: `series`, one object per device and metric with arrays of its buckets,"
+                  " values and counts (a year of days for 100 devices is 100 objects, not 36,600).")
 BATCH_STATUS = envelope(
     "pending_records", "batch_size", "written_total", "circuit",
     pending_records=INT, batch_size=INT, batch_full=BOOL, max_pending=INT, oldest_pending_age_s=NUM,
