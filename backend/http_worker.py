@@ -17,6 +17,14 @@ bound gets a 408 (or nothing when it sent nothing) and is closed. While a thread
 request, one read or write of its socket waits at most GUNICORN_TIMEOUT seconds, so a client
 that stops reading its answer cannot hold the thread either.
 
+A request refused while its client may still be sending the body (a body over
+MAX_BODY_BYTES by its Content-Length, answered 413 by the application; the event loop's
+own 413 and 503) is answered with `Connection: close`, and the rest of its body is then
+read and dropped before the socket closes (nginx's lingering close). Closing a socket with
+bytes still arriving makes the kernel send a reset: a sender still writing its body (nginx
+under load) then loses the answer and reports 502, which nginx turns into 503, "retry", for
+a body that will never fit.
+
 gunicorn parses the bytes itself afterwards (they are handed over through its parser's
 unreader); the framing here only decides when a request is complete, so a request it gets
 wrong is still parsed, or refused, by gunicorn.
@@ -36,6 +44,8 @@ from typing import Any
 
 from gunicorn import http, util
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from backend.http_framing import body_framing, expects_continue, force_close, strip_expect
 
 MAX_HEADER_BYTES = 64 * 1024
 RECV_BYTES = 256 * 1024
@@ -68,6 +78,16 @@ class Reading:
     claim: int = 0  # bytes counted against the worker's budget: received, or announced if more
 
 
+@dataclass
+class Lingering:
+    """A connection whose answer is sent, while its client may still send a body nobody reads."""
+
+    start: float
+    deadline: float  # as for a body: CLIENT_BODY_TIMEOUT plus a second per CLIENT_BODY_MIN_RATE bytes
+    left: int  # bytes still to read and drop, at most
+    received: int = 0
+
+
 class BufferingThreadWorker(ThreadWorker):
     """gthread, with requests read in the event loop (see the module docstring)."""
 
@@ -91,6 +111,8 @@ class BufferingThreadWorker(ThreadWorker):
         self.buffer_limit = max(MAX_HEADER_BYTES, cfg.client_buffer_max_bytes)
         self.buffered = 0
         self.reading: dict[TConn, Reading] = {}
+        self.lingering: dict[TConn, Lingering] = {}
+        self.unread_body: dict[TConn, int] = {}  # handed over with a body too large to read: its length
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_reading = max(16, min(MAX_READING, (soft - 64) // 2)) if soft > 0 else MAX_READING
         super().init_process()
@@ -133,12 +155,9 @@ class BufferingThreadWorker(ThreadWorker):
         st = self.reading.get(conn)
         if st is None:
             return
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             if st.head_end:
                 # Half-closed inside the body: the client may still read an answer, and the
@@ -166,9 +185,16 @@ class BufferingThreadWorker(ThreadWorker):
                 return
             st.head_end = end + 4
             framing = body_framing(bytes(st.buf[:end]))
-            if framing is None or framing == 0 or (framing > self.body_limit):
-                # No body, a framing gunicorn will refuse, or a body the application refuses
-                # (413) from its Content-Length alone: nothing more to wait for.
+            if framing is None or framing == 0:
+                # No body, or a framing gunicorn will refuse: nothing more to wait for.
+                self._hand_over(conn)
+                return
+            if framing > self.body_limit:
+                # A body the application refuses (413) from its Content-Length alone. The answer
+                # closes the connection, and what is still coming is dropped (finish_request).
+                head = force_close(bytes(st.buf[:end]))
+                st.buf[:end] = head
+                self.unread_body[conn] = framing
                 self._hand_over(conn)
                 return
             st.length = None if framing == -1 else framing
@@ -190,7 +216,8 @@ class BufferingThreadWorker(ThreadWorker):
         else:
             complete = self._chunked_complete(st)
             if not complete and received > self.body_limit + 64 * 1024:
-                self._refuse(conn, 413, "Payload Too Large", f"body is over the {self.body_limit}-byte limit")
+                self._refuse(conn, 413, "Payload Too Large", f"body is over the {self.body_limit}-byte limit",
+                             linger=self.body_limit)
                 return
         if complete:
             self._hand_over(conn)
@@ -235,15 +262,72 @@ class BufferingThreadWorker(ThreadWorker):
         return self.buffered <= self.buffer_limit
 
     def _refuse_busy(self, conn: TConn) -> None:
+        st = self.reading[conn]
+        left = (st.length - (len(st.buf) - st.head_end)) if st.head_end and st.length is not None else 0
         self._refuse(conn, 503, "Service Unavailable", "too many request bytes arriving at once"
-                     f" (CLIENT_BUFFER_MAX_BYTES={self.buffer_limit}); not stored, retry later", retry_after=2)
+                     f" (CLIENT_BUFFER_MAX_BYTES={self.buffer_limit}); not stored, retry later", retry_after=2,
+                     linger=left)
 
-    def _refuse(self, conn: TConn, status: int, reason: str, message: str, retry_after: int | None = None) -> None:
+    def _refuse(self, conn: TConn, status: int, reason: str, message: str, retry_after: int | None = None,
+                linger: int = 0) -> None:
+        """Answer from the event loop and close; `linger`: body bytes the client may still send."""
         body = json.dumps({"success": False, "error": message, "status": status}).encode()
         extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""
         self._send(conn, (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
-        self._close(conn)
+        if linger > 0:
+            st = self.reading.pop(conn)
+            self.buffered -= st.claim
+            self.poller.unregister(conn.sock)
+            self._linger(conn, linger)
+        else:
+            self._close(conn)
+
+    # --- a refused body: read and dropped before the close ---------------------------------
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        announced = self.unread_body.pop(conn, None)
+        if announced is not None and not fs.cancelled() and fs.exception() is None and fs.result() is False:
+            self.nr_conns -= 1  # as gunicorn counts a closed connection
+            self._linger(conn, announced)
+            return
+        super().finish_request(conn, fs)
+
+    def _linger(self, conn: TConn, left: int) -> None:
+        """Half-close (the answer is complete), then drop what arrives, up to `left` bytes and
+        within the time a body arriving at the same pace would get; then close."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            util.close(conn.sock)
+            return
+        while len(self.lingering) >= self.max_reading:
+            self._end_linger(next(iter(self.lingering)))  # the oldest
+        now = time.monotonic()
+        self.lingering[conn] = Lingering(now, now + self.body_timeout, left)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_linger_readable, conn))
+
+    def _on_linger_readable(self, conn: TConn, _sock: Any) -> None:
+        lg = self.lingering.get(conn)
+        if lg is None:
+            return
+        data = _recv(conn.sock)
+        if data is None:
+            return
+        lg.left -= len(data)
+        lg.received += len(data)
+        lg.deadline = lg.start + self.body_timeout + lg.received / self.body_min_rate
+        if not data or lg.left <= 0:
+            self._end_linger(conn)
+
+    def _end_linger(self, conn: TConn) -> None:
+        if self.lingering.pop(conn, None) is not None:
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        util.close(conn.sock)
 
     def _send(self, conn: TConn, data: bytes) -> None:
         try:
@@ -265,6 +349,8 @@ class BufferingThreadWorker(ThreadWorker):
         # Called by gunicorn's loop about once a second: also the sweep of reads past their bound.
         super().murder_pending()
         now = time.monotonic()
+        for conn in [c for c, lg in self.lingering.items() if lg.deadline <= now]:
+            self._end_linger(conn)
         for conn, st in [(c, s) for c, s in self.reading.items() if s.deadline <= now]:
             if not st.sent_anything:
                 self._close(conn)
@@ -276,39 +362,11 @@ class BufferingThreadWorker(ThreadWorker):
                              f" {self.body_min_rate} bytes/s after {self.body_timeout:g} s)")
 
 
-def _headers(head: bytes) -> list[tuple[bytes, bytes]]:
-    out = []
-    for line in head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep:
-            out.append((name.strip().lower(), value.strip()))
-    return out
-
-
-def body_framing(head: bytes) -> int | None:
-    """Body length from a header block: bytes, -1 for chunked, None when gunicorn must decide."""
-    headers = _headers(head)
-    te = [v for n, v in headers if n == b"transfer-encoding"]
-    cl = [v for n, v in headers if n == b"content-length"]
-    if te:
-        if cl or not te[-1].lower().endswith(b"chunked"):
-            return None
-        return -1
-    if not cl:
-        return 0
-    if len(cl) > 1 or not cl[0].isdigit():
+def _recv(sock: socket.socket) -> bytes | None:
+    """What a readable non-blocking socket holds: None when nothing after all, b"" when it is closed."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except (BlockingIOError, InterruptedError):
         return None
-    return int(cl[0])
-
-
-def expects_continue(head: bytes) -> bool:
-    request_line = head.split(b"\r\n", 1)[0]
-    if not request_line.endswith(b"HTTP/1.1"):
-        return False  # HTTP/1.0 must ignore it (RFC 9110 10.1.1)
-    return any(n == b"expect" and v.lower() == b"100-continue" for n, v in _headers(head))
-
-
-def strip_expect(head: bytes) -> bytes:
-    lines = head.split(b"\r\n")
-    kept = [lines[0]] + [ln for ln in lines[1:] if ln.partition(b":")[0].strip().lower() != b"expect"]
-    return b"\r\n".join(kept)
+    except OSError:
+        return b""

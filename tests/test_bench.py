@@ -66,9 +66,9 @@ def test_quick_benchmark_produces_figures(pg_admin_url: str, tmp_path: Path) -> 
     for shape in ("per_client", "fleet"):
         assert a["upkeep"][shape]["with_rollups_per_s"] > 0 and a["upkeep"][shape]["without_rollups_per_s"] > 0
 
-    # 7 + the stream's latency and ingest cost (2) + the rollup reads (4) and their upkeep (1)
-    # + export CSV and NDJSON (2) + line protocol against raw (1)
-    assert len(r["targets"]) == 17, [t[0] for t in r["targets"]]
+    # 7 + the stream's latency and ingest cost (2) + the rollup reads (5: the per-device year in
+    # both layouts) and their upkeep (1) + export CSV and NDJSON (2) + line protocol against raw (1)
+    assert len(r["targets"]) == 18, [t["target"] for t in r["targets"]]
 
     stream = r["stream"]
     assert stream["baseline_readings_per_s"] > 0

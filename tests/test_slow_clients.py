@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import time
 
@@ -155,3 +156,42 @@ def test_bytes_of_requests_still_arriving_are_bounded_per_worker(make_live_serve
     finally:
         first.close()
     assert server.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'refused'")[0][0] == 0
+
+
+def _answer_arrived(s: socket.socket) -> bool:
+    return bool(select.select([s], [], [], 10)[0])
+
+
+def test_a_refused_body_is_read_to_its_end_so_the_answer_is_not_lost(make_live_server):
+    # A sender that writes its whole body before it reads (nginx under load, most gateways)
+    # must get the refusal, not a connection reset: the answer says close, and the rest of
+    # the body is read and dropped before the socket closes. 8 MB is far more than the
+    # kernel's socket buffers hold, so a close before the end would reset this sender.
+    limit = 200_000
+    server = make_live_server(env={**SLOW_ENV, "MAX_BODY_BYTES": str(limit)}, workers=1, threads=2)
+    head = (f"POST /telemetry/parse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.api_key}\r\n"
+            "Content-Type: text/plain\r\nX-Device-Id: big\r\n")
+    body = b"x" * (8 * 1024 * 1024)
+
+    # Over the limit by its Content-Length: the application's 413, sent before the body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
+        assert _answer_arrived(s)
+        s.sendall(body)
+        answer = recv_all(s)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in answer, answer[:300]
+    assert f"body of {len(body)} bytes is over the {limit}-byte limit".encode() in answer
+
+    # Chunked, over the limit as it arrives: the event loop's own 413, in the middle of the body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        piece = b"%x\r\n%s\r\n" % (64 * 1024, b"y" * 64 * 1024)
+        sent = 0
+        while sent <= limit + 64 * 1024:  # past the limit, then the answer comes
+            s.sendall(piece)
+            sent += 64 * 1024
+        assert _answer_arrived(s)
+        s.sendall(piece * ((limit - 64 * 1024) // (64 * 1024)))  # more of the body, still read and dropped
+        answer = recv_all(s)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"limit" in answer, answer[:300]
+    assert server.query("SELECT count(*) FROM telemetry_readings WHERE device_id = 'big'")[0][0] == 0
