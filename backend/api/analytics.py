@@ -194,13 +194,13 @@ def _series(pool: ConnectionPool, req: AggregateRequest, p: dict[str, Any]) -> t
         columns = [(d, m, [pt.bucket for pt in pts], [pt.value for pt in pts], [pt.count for pt in pts])
                    for (d, m), pts in shape(rows.rows, _series_keys(req), rows.buckets, p["fill"], p["downsample"])]
     labels = _Labels(p["tz"])
-    utc = utc_labels(b for c in columns for b in c[2]) if labels.zone is None else {}
+    utc = utc_labels(set().union(*(c[2] for c in columns))) if labels.zone is None else {}
     out = []
     for device, metric, buckets, values, counts in columns:
         one: dict[str, Any] = {} if req.fleet else {"device_id": device}
         one["metric"] = metric
         if labels.zone is None:
-            one["buckets"] = [utc[b] for b in buckets]
+            one["buckets"] = list(map(utc.__getitem__, buckets))
         else:
             both = [labels(b) for b in buckets]
             one["buckets"] = [u for u, _ in both]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -265,9 +266,13 @@ def fetch_series(pool: ConnectionPool, req: AggregateRequest) -> SeriesResult:
         rows = conn.cursor(binary=True).execute(_statement(shape, by_series=True), params).fetchall()
     out: list[SeriesColumns] = []
     for device, metric, buckets, values, counts in rows:
-        if buckets != sorted(buckets):  # array_agg keeps the scan's order: usually time order already
-            order = sorted(range(len(buckets)), key=buckets.__getitem__)
-            buckets, values, counts = ([col[i] for i in order] for col in (buckets, values, counts))
+        # array_agg keeps the order its input came in, which the GROUP BY's sort leaves unspecified
+        # within a series. Reordered in C (itemgetter): per element in Python it took a third of
+        # the per-device year's worker time (py-spy).
+        order = sorted(range(len(buckets)), key=buckets.__getitem__)
+        if len(order) > 1:
+            pick = itemgetter(*order)
+            buckets, values, counts = list(pick(buckets)), list(pick(values)), list(pick(counts))
         out.append((device, metric, buckets, values, counts))
     out.sort(key=lambda s: (s[0] or "", s[1]))
     return SeriesResult(p, out)
