@@ -166,8 +166,12 @@ def _statement(shape: _Shape, by_series: bool = False) -> str:
                  f" WHERE true{metric}{device}) ") if tail else ""
     body = " UNION ALL ".join(parts)
     if by_series:
-        return (with_tail + "SELECT s.d, s.m, array_agg(s.b), array_agg(s.v), array_agg(s.c) FROM (" + body
-                + ") s(b, d, m, v, c) GROUP BY 1, 2")
+        # One metric: every row has it, so a series is a device. Grouped by that one column (no
+        # statistics: 200 groups estimated) PostgreSQL hashes; by two it estimates a tenth of the
+        # rows and sorts them all first (a year of days for 100 devices: 35 against 24-26 ms).
+        metric_col, keys = ("%(metric)s::text", "1") if n_metrics == 1 else ("s.m", "1, 2")
+        return (with_tail + f"SELECT s.d, {metric_col}, array_agg(s.b), array_agg(s.v), array_agg(s.c) FROM ("
+                + body + f") s(b, d, m, v, c) GROUP BY {keys}")
     return with_tail + body + " ORDER BY 1, 2, 3"
 
 

@@ -95,15 +95,16 @@ def test_series_are_the_rows_regrouped_in_time_order_whatever_the_storage_order(
                " generate_series(1, 3) d, unnest(ARRAY['alt', 'pitch']) m", (T0, T0 - timedelta(days=40)))
     pool = _Pool(db)
     for fleet in (False, True):
-        req = AggregateRequest(metrics=["alt", "pitch"], devices=[], start=T0 - timedelta(days=40),
-                               end=T0 + timedelta(days=1), spec=BucketSpec("1d"), fleet=fleet)
-        rows = fetch_aggregate(pool, req).rows
-        series = fetch_series(pool, req).series
-        assert [s[:2] for s in series] == sorted({r[1:3] for r in rows}, key=lambda k: (k[0] or "", k[1]))
-        regrouped = sorted(((b, d, m, v, c) for d, m, bs, vs, cs in series for b, v, c in zip(bs, vs, cs, strict=True)),
-                           key=lambda r: (r[0], r[1] or "", r[2]))
-        assert regrouped == rows and len(rows) == 41 * 2 * (1 if fleet else 3)
-        assert all(s[2] == sorted(s[2]) for s in series)
+        for metrics in (["alt", "pitch"], ["pitch"]):  # one metric: series grouped by device alone
+            req = AggregateRequest(metrics=metrics, devices=[], start=T0 - timedelta(days=40),
+                                   end=T0 + timedelta(days=1), spec=BucketSpec("1d"), fleet=fleet)
+            rows = fetch_aggregate(pool, req).rows
+            series = fetch_series(pool, req).series
+            assert [s[:2] for s in series] == sorted({r[1:3] for r in rows}, key=lambda k: (k[0] or "", k[1]))
+            regrouped = sorted(((b, d, m, v, c) for d, m, bs, vs, cs in series
+                                for b, v, c in zip(bs, vs, cs, strict=True)), key=lambda r: (r[0], r[1] or "", r[2]))
+            assert regrouped == rows and len(rows) == 41 * len(metrics) * (1 if fleet else 3)
+            assert all(s[2] == sorted(s[2]) for s in series)
 
 
 class _Pool:
