@@ -194,13 +194,17 @@ def _series(pool: ConnectionPool, req: AggregateRequest, p: dict[str, Any]) -> t
         columns = [(d, m, [pt.bucket for pt in pts], [pt.value for pt in pts], [pt.count for pt in pts])
                    for (d, m), pts in shape(rows.rows, _series_keys(req), rows.buckets, p["fill"], p["downsample"])]
     labels = _Labels(p["tz"])
-    utc = utc_labels(set().union(*(c[2] for c in columns))) if labels.zone is None else {}
+    utc: dict[int, str] = {}
+    last: tuple[list[int], list[str]] = ([], [])  # series usually share their buckets: one label list
     out = []
     for device, metric, buckets, values, counts in columns:
         one: dict[str, Any] = {} if req.fleet else {"device_id": device}
         one["metric"] = metric
         if labels.zone is None:
-            one["buckets"] = list(map(utc.__getitem__, buckets))
+            if buckets != last[0]:
+                utc.update(utc_labels(set(buckets).difference(utc)))
+                last = (buckets, list(map(utc.__getitem__, buckets)))
+            one["buckets"] = last[1]
         else:
             both = [labels(b) for b in buckets]
             one["buckets"] = [u for u, _ in both]
