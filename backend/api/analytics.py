@@ -194,21 +194,18 @@ def _series(pool: ConnectionPool, req: AggregateRequest, p: dict[str, Any]) -> t
         columns = [(d, m, [pt.bucket for pt in pts], [pt.value for pt in pts], [pt.count for pt in pts])
                    for (d, m), pts in shape(rows.rows, _series_keys(req), rows.buckets, p["fill"], p["downsample"])]
     labels = _Labels(p["tz"])
-    utc: dict[int, str] = {}
-    last: tuple[list[int], list[str]] = ([], [])  # series usually share their buckets: one label list
+    # Series usually share their buckets: their label lists are made once and shared.
+    last: tuple[list[int] | None, list[str], list[str]] = (None, [], [])
     out = []
     for device, metric, buckets, values, counts in columns:
         one: dict[str, Any] = {} if req.fleet else {"device_id": device}
         one["metric"] = metric
-        if labels.zone is None:
-            if buckets != last[0]:
-                utc.update(utc_labels(set(buckets).difference(utc)))
-                last = (buckets, list(map(utc.__getitem__, buckets)))
-            one["buckets"] = last[1]
-        else:
-            both = [labels(b) for b in buckets]
-            one["buckets"] = [u for u, _ in both]
-            one["buckets_local"] = [t for _, t in both]
+        if buckets != last[0]:
+            both = list(map(labels, buckets))
+            last = (buckets, [u for u, _ in both], [t for _, t in both])
+        one["buckets"] = last[1]
+        if labels.zone is not None:
+            one["buckets_local"] = last[2]
         one["values"] = values
         one["counts"] = counts
         out.append(one)
